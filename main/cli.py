@@ -1,0 +1,114 @@
+"""Shared argument groups: every entry point builds its one parser from these.
+
+Flag names and defaults follow the paper's command lines (upstream-coring.md 3.4 and 4), so its
+commands run unchanged; aliases keep the older spellings working.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "add_model_args", "add_data_args", "add_device_args", "add_rank_args", "add_optim_args",
+    "add_output_args", "resolve_device", "ensure_repo_on_path", "REPO_ROOT",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_repo_on_path() -> None:
+    """Make ``python main/X.py`` import the repository's packages (not ``main/`` itself)."""
+    root = str(REPO_ROOT)
+    main_dir = str(REPO_ROOT / "main")
+    sys.path[:] = [p for p in sys.path if p not in (main_dir, "")]
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, require_arch: bool = True) -> argparse._ArgumentGroup:
+    from models import list_models
+
+    group = parser.add_argument_group("Model")
+    group.add_argument("--arch", required=require_arch, choices=list_models(), help="architecture")
+    group.add_argument("--compress_rate", "-cpr", default=None,
+                       help="removal fraction per layer in the paper's grammar, e.g. '[0.21]*7+[0.75]*5' "
+                            "(default: unpruned, or the rate recorded in the checkpoint)")
+    group.add_argument("--num_classes", type=int, default=None, help="classifier outputs (default: the dataset's)")
+    return group
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str = "cifar10",
+                  default_batch_size: int = 256) -> argparse._ArgumentGroup:
+    from data import DATASETS
+
+    group = parser.add_argument_group("Dataset")
+    group.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS), help="dataset name")
+    group.add_argument("--data_dir", default=None, help="dataset directory (not used by the embedded 'digits')")
+    group.add_argument("--batch_size", "--train_batch_size", type=int, default=default_batch_size,
+                       help="batch size (per process under torchrun)")
+    group.add_argument("--eval_batch_size", type=int, default=None, help="evaluation batch size (default: batch_size)")
+    group.add_argument("--workers", type=int, default=4, help="data-loading workers (ImageNet only)")
+    group.add_argument("--limit_train", type=int, default=None, help="use only the first N training images")
+    group.add_argument("--limit_test", type=int, default=None, help="use only the first N test images")
+    return group
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("Device")
+    group.add_argument("--device", default="auto", help="'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'")
+    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                       help="mixed precision on CUDA (ignored on CPU)")
+    group.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                       help="channels_last memory format on CUDA (ignored on CPU)")
+    group.add_argument("--gpu", default=None,
+                       help="accepted for the paper's command lines; use CUDA_VISIBLE_DEVICES or torchrun instead")
+    group.add_argument("--seed", type=int, default=0, help="random seed")
+    return group
+
+
+def add_rank_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("Ranking")
+    group.add_argument("--criterion", default="VBD_dis",
+                       help="cosine_sim | Euclide_dis | VBD_dis | Manhattan_dis | Pearson_sim | SNR_dis "
+                            "(or cosine, euclidean, vbd, ...) | l1 | l2 | random")
+    group.add_argument("--strategy", default="min_sum", help="min_sum | min_min | sum")
+    group.add_argument("--random_rank", action="store_true", help="the paper's random baseline (= --criterion random)")
+    group.add_argument("--shot", type=int, default=1, help="K-shot pruning: K rounds at rates r/K, r/(K-1), ..., r")
+    return group
+
+
+def add_optim_args(parser: argparse.ArgumentParser, *, epochs: int = 300, lr: float = 0.01,
+                   weight_decay: float = 5e-3, momentum: float = 0.9, lr_type: str = "step",
+                   label_smooth: float = 0.0) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("Optimizer and schedule")
+    group.add_argument("--epochs", type=int, default=epochs, help="fine-tuning epochs")
+    group.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=lr, help="initial learning rate")
+    group.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
+    group.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
+    group.add_argument("--lr_type", default=lr_type, choices=["step", "cos", "onecycle"],
+                       help="step: x0.1 at --lr_decay_step; cos: cosine with warm-up; onecycle")
+    group.add_argument("--lr_decay_step", default="150,225", help="epochs at which the step schedule decays")
+    group.add_argument("--warmup_epochs", type=int, default=5, help="linear warm-up epochs of the cosine schedule")
+    group.add_argument("--use_onecycle", action="store_true", help="alias of --lr_type onecycle")
+    group.add_argument("--label_smooth", type=float, default=label_smooth, help="label smoothing of the train loss")
+    return group
+
+
+def add_output_args(parser: argparse.ArgumentParser, *, job_dir: str = "pruned_model/run") -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("Output")
+    group.add_argument("--job_dir", default=job_dir, help="where logs and checkpoints go")
+    group.add_argument("--resume", action="store_true", help="continue from <job_dir>/checkpoint.pth.tar")
+    return group
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``--device`` into a torch.device; 'auto' picks CUDA when available."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} asked for CUDA but no CUDA device is available")
+    return device

@@ -1,0 +1,116 @@
+"""Parameters and FLOPs (multiply-accumulates) by thop, by ptflops, and by the conv + bias + linear rule.
+
+The paper's ``test.py`` prints ``min(thop, ptflops)``; its tables' baselines use conv + linear MACs with
+conv biases (HRank's convention). All are reported, each named, so a number can be traced to its counter.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Complexity", "count_complexity", "count_conv_linear"]
+
+
+@dataclass(frozen=True)
+class Complexity:
+    """Parameter and MAC counts of one model at one input size, by counter."""
+
+    params_thop: int
+    flops_thop: int
+    params_ptflops: int
+    flops_ptflops: int
+    params_conv_linear: int
+    flops_conv_linear: int
+
+    @property
+    def params(self) -> int:
+        """The smaller of thop and ptflops, as the paper's ``test.py`` prints."""
+        return min(self.params_thop, self.params_ptflops)
+
+    @property
+    def flops(self) -> int:
+        return min(self.flops_thop, self.flops_ptflops)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"params": self.params, "flops": self.flops, **asdict(self)}
+
+    def by_counter(self, counter: str) -> tuple[int, int]:
+        """(params, flops) of ``counter`` in {'min', 'thop', 'ptflops', 'conv_linear'}."""
+        if counter == "min":
+            return self.params, self.flops
+        return getattr(self, f"params_{counter}"), getattr(self, f"flops_{counter}")
+
+
+def _dummy_input(model: nn.Module, input_size: int) -> torch.Tensor:
+    parameter = next(model.parameters())
+    return torch.randn(1, 3, input_size, input_size, device=parameter.device, dtype=parameter.dtype)
+
+
+def count_conv_linear(model: nn.Module, input_size: int) -> tuple[int, int]:
+    """Params and MACs of convs (bias included) and linear layers only."""
+    macs = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal macs
+        out_elements = output.numel() // output.shape[0]
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        macs += out_elements * per_output + (out_elements if module.bias is not None else 0)
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal macs
+        outputs = output.numel() // output.shape[0]
+        macs += outputs * module.in_features + (outputs if module.bias is not None else 0)
+
+    handles, params = [], 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+        else:
+            continue
+        params += sum(p.numel() for p in module.parameters(recurse=False))
+    try:
+        with torch.no_grad():
+            model(_dummy_input(model, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return params, macs
+
+
+def _thop(model: nn.Module, input_size: int) -> tuple[int, int]:
+    from thop import profile
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flops, params = profile(model, inputs=(_dummy_input(model, input_size),), verbose=False)
+    return int(params), int(flops)
+
+
+def _ptflops(model: nn.Module, input_size: int) -> tuple[int, int]:
+    from ptflops import get_model_complexity_info
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flops, params = get_model_complexity_info(model, (3, input_size, input_size), as_strings=False,
+                                                  print_per_layer_stat=False, verbose=False, backend="pytorch")
+    return int(params), int(flops)
+
+
+def count_complexity(model: nn.Module, input_size: int) -> Complexity:
+    """Count ``model`` at a ``1 x 3 x input_size x input_size`` input with every counter.
+
+    Works on a copy in eval mode, so thop's ``total_ops`` buffers never reach the caller's model.
+    """
+    probe = copy.deepcopy(model).eval()
+    params_cl, flops_cl = count_conv_linear(probe, input_size)
+    params_thop, flops_thop = _thop(copy.deepcopy(probe), input_size)
+    params_pt, flops_pt = _ptflops(copy.deepcopy(probe), input_size)
+    return Complexity(params_thop, flops_thop, params_pt, flops_pt, params_cl, flops_cl)
