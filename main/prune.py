@@ -1,0 +1,143 @@
+"""Prune a trained network with CORING: rank filters, build the slim model, transfer the kept weights.
+
+Library: ``prune_model(model, arch, compress_rate, criterion, strategy)`` and ``prune(...)`` (which also
+returns the kept channels). Command line::
+
+    python main/prune.py --arch resnet_56 --compress_rate "[0.]+[0.18]*29" --dry_run [--json]
+    python main/prune.py --arch resnet_56 --compress_rate "[0.]+[0.18]*29" --pretrain_dir base.pth.tar \
+        --criterion Euclide_dis --strategy min_sum --shot 5 --dataset cifar10 --data_dir data/cifar10 --job_dir J
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as ``python main/prune.py``
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from main.compress import as_rate_list
+from main.selection import select_channels
+from main.surgery import transfer_weights
+from models import arch_spec, build_model, channel_layout
+
+__all__ = ["PruneResult", "prune", "prune_model", "shot_rates", "build_parser", "main"]
+
+
+@dataclass
+class PruneResult:
+    """The slim model, the kept channel indices per group and the saliencies that chose them."""
+
+    model: nn.Module
+    keep: dict[str, torch.Tensor]
+    saliency: dict[str, torch.Tensor]
+
+
+def prune(model: nn.Module, arch: str, compress_rate: str | Sequence[float], criterion: str = "VBD_dis",
+          strategy: str = "min_sum", *, seed: int = 0, cache=None, num_classes: int | None = None) -> PruneResult:
+    """Slim ``model`` (any ``build_model(arch, ...)`` instance, pruned or not) to ``build_model(arch, compress_rate)``.
+
+    Rates are measured against the original widths, so a model already pruned at a lower rate can be
+    pruned further (K-shot). The slim model is on ``model``'s device, in ``model``'s train/eval mode.
+    """
+    layout = channel_layout(model, arch)
+    parameter = next(model.parameters())
+    classes = num_classes if num_classes is not None else _num_classes(model)
+    slim = build_model(arch, compress_rate, classes).to(device=parameter.device, dtype=parameter.dtype)
+    dst_widths = channel_layout(slim, arch).widths(slim)
+    keep, saliency = select_channels(model, layout, dst_widths, criterion, strategy, seed=seed, cache=cache)
+    transfer_weights(model, slim, layout, keep)
+    slim.train(model.training)
+    return PruneResult(slim, keep, saliency)
+
+
+def prune_model(model: nn.Module, arch: str, compress_rate: str | Sequence[float], criterion: str = "VBD_dis",
+                strategy: str = "min_sum") -> nn.Module:
+    """The slim model of ``build_model(arch, compress_rate)`` holding the kept weights of ``model``."""
+    return prune(model, arch, compress_rate, criterion, strategy).model
+
+
+def shot_rates(rates: Sequence[float], shots: int) -> list[list[float]]:
+    """Rates of each round of K-shot pruning: r/K, r/(K-1), ..., r (upstream-coring.md 3.3)."""
+    if shots < 1:
+        raise ValueError(f"--shot must be >= 1, got {shots}")
+    return [[r / (shots - s) for r in rates] for s in range(shots)]
+
+
+def _num_classes(model: nn.Module) -> int:
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return last_linear.out_features
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from main import cli
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cli.add_model_args(parser, require_arch=False)
+    cli.add_rank_args(parser)
+    cli.add_data_args(parser)
+    cli.add_device_args(parser)
+    cli.add_output_args(parser, job_dir="pruned_model/prune")
+    group = parser.add_argument_group("Pruning")
+    group.add_argument("--pretrain_dir", "--pretrained", "--model_path", dest="pretrain_dir", default=None,
+                       help="checkpoint of the trained network to prune")
+    group.add_argument("--dry_run", action="store_true", help="print the plan (widths, params, FLOPs) and exit")
+    group.add_argument("--json", action="store_true", help="with --dry_run: print one JSON object")
+    group.add_argument("--bn_recalib", type=int, default=512,
+                       help="training images used to re-estimate BatchNorm statistics for the adaptive-BN accuracy")
+    group.add_argument("--calib_epochs", type=int, default=100,
+                       help="K-shot: calibration epochs in all, ceil(calib/K) after each shot (0 when K == 1)")
+    group.add_argument("--calib_lr", type=float, default=0.01, help="K-shot: calibration learning rate")
+    group.add_argument("--calib_weight_decay", type=float, default=5e-3, help="K-shot: calibration weight decay")
+    group.add_argument("--rank_cache", action=argparse.BooleanOptionalAction, default=True,
+                       help="save ranks beside the checkpoint (<ckpt>.ranks.pt) and reuse them")
+    group.add_argument("--rank_seed", type=int, default=0, help="seed of the 'random' criterion")
+    group.add_argument("--skip_baseline_eval", action="store_true", help="do not evaluate the unpruned network")
+    # Generic models (torchvision / user modules) through Torch-Pruning.
+    group.add_argument("--model", default=None,
+                       help="prune any CNN: 'torchvision:resnet18' or 'path/to/file.py:ClassName' (instead of --arch)")
+    group.add_argument("--flops_target", type=float, default=None,
+                       help="with --model: fraction of FLOPs to remove (e.g. 0.5)")
+    group.add_argument("--params_target", type=float, default=None,
+                       help="with --model: fraction of parameters to remove")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.random_rank:
+        args.criterion = "random"
+    if args.model is not None:
+        from main.generic import run_generic_prune
+
+        return run_generic_prune(args)
+    if args.arch is None:
+        parser.error("--arch (or --model) is required")
+    if args.dry_run:
+        from main.planning import format_plan, plan_compression
+
+        plan = plan_compression(args.arch, args.compress_rate)
+        print(json.dumps(plan) if args.json else format_plan(plan))
+        return 0
+    if args.compress_rate is None:
+        parser.error("--compress_rate is required to prune")
+    as_rate_list(args.compress_rate, arch_spec(args.arch).num_rates, args.arch)  # fail fast on a bad rate
+    if args.pretrain_dir is None:
+        parser.error("--pretrain_dir (the trained checkpoint to prune) is required; use --dry_run to only plan")
+    from main.pruning_run import run_prune
+
+    run_prune(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Choose the kept channels of every channel group: ties, ranking with CORING, optional rank cache."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from models.layout import ChannelLayout
+
+__all__ = ["scoring_units", "select_channels"]
+
+
+def scoring_units(layout: ChannelLayout, src_widths: Mapping[str, int],
+                  dst_widths: Mapping[str, int]) -> list[list[str]]:
+    """Partition the groups into units that share one selection.
+
+    Groups joined by a tie (an identity shortcut) share a selection when both their original and
+    their target widths agree; otherwise the architecture passes channels by position and they stay apart.
+    """
+    parent = {g.name: g.name for g in layout.groups}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for a, b in layout.ties:
+        if src_widths[a] == src_widths[b] and dst_widths[a] == dst_widths[b]:
+            parent[find(b)] = find(a)
+    units: dict[str, list[str]] = {}
+    for group in layout.groups:
+        units.setdefault(find(group.name), []).append(group.name)
+    return list(units.values())
+
+
+def select_channels(model: nn.Module, layout: ChannelLayout, dst_widths: Mapping[str, int],
+                    criterion: str = "VBD_dis", strategy: str = "min_sum", *, seed: int = 0,
+                    cache=None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Kept channel indices (sorted) per group of ``model`` for the target widths, and the saliencies used.
+
+    Groups that keep their width are not ranked. The groups of one unit are ranked together from all
+    their scored convs (``main.rank.rank_groups`` batches units of equal width through one greedy loop).
+    """
+    from main.rank import rank_groups, select_from_saliency
+
+    src_widths = layout.widths(model)
+    modules = dict(model.named_modules())
+    keep: dict[str, torch.Tensor] = {}
+    to_rank: list[tuple[list[str], list[torch.Tensor]]] = []
+    for unit in scoring_units(layout, src_widths, dst_widths):
+        n_src, n_dst = src_widths[unit[0]], dst_widths[unit[0]]
+        if n_dst > n_src:
+            raise ValueError(f"group {unit[0]!r} would grow from {n_src} to {n_dst} channels; pruning only removes")
+        if n_dst == n_src:
+            for name in unit:
+                keep[name] = torch.arange(n_src)
+            continue
+        scored = [conv for name in unit for conv in layout.group(name).scored]
+        to_rank.append((unit, [modules[conv].weight.detach() for conv in scored]))
+
+    saliencies: dict[str, torch.Tensor] = {}
+    pending = []
+    for unit, weights in to_rank:
+        cached = cache.get(unit[0], weights, criterion, strategy, seed) if cache is not None else None
+        if cached is not None:
+            saliencies[unit[0]] = cached
+        else:
+            pending.append((unit, weights))
+    if pending:
+        computed = rank_groups([w for _, w in pending], criterion, strategy, seed=seed,
+                               names=["+".join(unit) for unit, _ in pending])
+        for (unit, weights), saliency in zip(pending, computed):
+            saliencies[unit[0]] = saliency.cpu()
+            if cache is not None:
+                cache.put(unit[0], weights, criterion, strategy, seed, saliency.cpu())
+    for unit, _ in to_rank:
+        kept = select_from_saliency(saliencies[unit[0]], dst_widths[unit[0]]).cpu()
+        for name in unit:
+            keep[name] = kept
+            saliencies[name] = saliencies[unit[0]]
+    return keep, saliencies

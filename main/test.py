@@ -1,0 +1,101 @@
+"""Evaluate a checkpoint: top-1/top-5 on the test split, params and FLOPs by every counter.
+
+The paper's command lines work unchanged, e.g.::
+
+    python main/test.py --dataset cifar10 --data_dir data/cifar10 --arch resnet_56 \
+        --compress_rate [0.]+[0.18]*29 --model_path ./pruned_model/cifar10/resnet56/soft/model_best.pth.tar
+
+Checkpoints written by the paper's code load (wrapped or bare state dicts, ``module.`` prefixes, thop
+buffers); a checkpoint that does not fit the architecture is a one-line error. The log goes to
+``logs/test_<arch>_<date>.log``.
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as ``python main/test.py``
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import json
+from typing import Sequence
+
+from main import cli
+
+__all__ = ["build_parser", "run_test", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate a (pruned) checkpoint",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cli.add_model_args(parser, require_arch=False)
+    cli.add_data_args(parser, default_batch_size=512)
+    cli.add_device_args(parser)
+    group = parser.add_argument_group("Test")
+    group.add_argument("--model_path", "--pretrained", "--checkpoint", dest="model_path", required=True,
+                       help="checkpoint to evaluate")
+    group.add_argument("--job_dir", default="logs", help="the log goes to <job_dir>/logs/test_<arch>_<date>.log")
+    group.add_argument("--json", action="store_true", help="also print one JSON object with the results")
+    group.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_test(args: argparse.Namespace) -> dict:
+    """Evaluate ``args.model_path``; returns the results that are printed."""
+    from data import build_loaders, dataset_info
+    from main.checkpoint import load_checkpoint, load_weights
+    from main.counting import count_complexity
+    from main.engine import evaluate, prepare_model
+    from main.run_logging import RunLogger
+    from models import model_from_checkpoint
+
+    device = cli.resolve_device(args.device)
+    checkpoint = load_checkpoint(args.model_path)
+    info = dataset_info(args.dataset)
+    num_classes = args.num_classes or checkpoint.get("num_classes") or info.num_classes
+    model = model_from_checkpoint(checkpoint, args.arch, args.compress_rate, num_classes)
+    load_weights(model, checkpoint)
+    arch = getattr(model, "arch", args.arch)
+    complexity = count_complexity(model, info.image_size)
+    with RunLogger(args.job_dir, f"test_{arch}") as log:
+        log.info("args = %s", vars(args))
+        log.info("arch %s, compress_rate %s, checkpoint %s", arch,
+                 args.compress_rate or checkpoint.get("compress_rate"), args.model_path)
+        loaders = build_loaders(args.dataset, args.data_dir, args.batch_size, device=device,
+                                eval_batch_size=args.eval_batch_size or args.batch_size, workers=args.workers,
+                                limit_test=args.limit_test)
+        model = prepare_model(model, device, channels_last=args.channels_last)
+        result = evaluate(model, loaders.test, device, amp=args.amp, progress=not args.no_progress, desc="test")
+        log.info(" * Acc@1 %.3f Acc@5 %.3f (%d images, loss %.4f)", result.top1, result.top5, result.count,
+                 result.loss)
+        log.info("Params: %.2f  Flops: %.2f  (min of thop and ptflops, raw counts)", complexity.params,
+                 complexity.flops)
+        for counter in ("thop", "ptflops", "conv_linear"):
+            params, flops = complexity.by_counter(counter)
+            log.info("  %-12s params %.4fM  FLOPs %.4fM", counter, params / 1e6, flops / 1e6)
+    summary = {"arch": arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "count": result.count,
+               **complexity.as_dict()}
+    if args.json:
+        print(json.dumps(summary))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from data import DataNotFoundError
+    from main.checkpoint import CheckpointError
+    from main.compress import CompressRateError
+
+    try:
+        run_test(args)
+    except (CheckpointError, DataNotFoundError, CompressRateError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Params and FLOPs of every CORING row (and baseline) land within 3% of the paper's tables."""
+import pytest
+
+from main.counting import count_complexity
+from main.paper_tables import BASELINES, CORING_ROWS
+from models import arch_spec, build_model
+
+ROWS = list(BASELINES.values()) + list(CORING_ROWS)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r.arch}-{r.script}" for r in ROWS])
+def test_row_params_and_flops_within_3_percent_of_table(row):
+    complexity = count_complexity(build_model(row.arch, row.compress_rate), arch_spec(row.arch).input_size)
+    params, flops = complexity.by_counter(row.counter)
+    assert params / 1e6 == pytest.approx(row.params_m, rel=0.03), f"{row.counter} params {params}"
+    assert flops / 1e6 == pytest.approx(row.flops_m, rel=0.03), f"{row.counter} FLOPs {flops}"
+
+
+def test_min_counter_is_the_smaller_of_thop_and_ptflops():
+    complexity = count_complexity(build_model("mobilenet_v2", "[0.]+[0.1]+[0.25]*2+[0.25]*2+[0.3]*2"), 32)
+    assert complexity.flops == min(complexity.flops_thop, complexity.flops_ptflops)
+    assert complexity.flops_ptflops < complexity.flops_thop  # thop counts the ReLU6/add ops ptflops skips
+    assert complexity.flops / 1e6 == pytest.approx(55.16, abs=0.01)
+
+
+def test_counting_leaves_no_thop_buffers_on_the_model():
+    model = build_model("resnet_56")
+    keys = set(model.state_dict())
+    count_complexity(model, 32)
+    assert set(model.state_dict()) == keys
