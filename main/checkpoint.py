@@ -1,0 +1,238 @@
+"""Checkpoint reading and writing (spec decision 8; upstream-coring.md 3.5).
+
+Reads every format the paper's code wrote: ``{'state_dict', 'epoch', 'best_top1_acc', 'optimizer'}`` dicts (with
+``best_top1_acc`` a tensor or a numpy scalar, ImageNet runs adding ``best_top5_acc``), bare state dicts,
+torchvision-reference dicts with a ``'model'`` key, ``module.`` prefixes of DataParallel/DDP and the
+``total_ops``/``total_params`` buffers thop leaves on a model.
+
+* Loading always uses ``torch.load(weights_only=True)``; the numpy scalar, array and dtype constructors that old
+  checkpoints hold (under numpy 1's ``numpy.core`` names and numpy 2's ``numpy._core``) and ``argparse.Namespace``
+  are allowed explicitly. Anything else is refused with a one-line `CheckpointError`; there is no fallback to
+  ``weights_only=False``.
+* `load_weights` is strict: it checks every key and shape before copying anything, so a checkpoint that does not
+  fit leaves the model untouched and the error names the first bad key and both shapes. The one tolerance is a
+  missing BatchNorm ``num_batches_tracked`` (absent from pre-0.4.1 files; it does not affect the output).
+* `save_checkpoint` writes a temporary file in the target's directory, fsyncs it and renames it over the target,
+  so a crash never leaves a truncated ``checkpoint.pth.tar``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+THOP_BUFFERS = ("total_ops", "total_params")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+STATE_DICT_KEYS = ("state_dict", "model")
+_HEAVY_KEYS = frozenset({"state_dict", "model", "optimizer", "lr_scheduler", "scheduler", "scaler", "model_ema"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model (one-line message)."""
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy (and argparse) objects a checkpoint may hold, under their numpy 1 and numpy 2 names."""
+    from numpy._core import multiarray
+
+    allowed: list[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct, argparse.Namespace]
+    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar")]
+    allowed += [(multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return allowed
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes, prefixed by its type."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` with numpy scalars allowed; errors are one-line `CheckpointError`s."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: '{path}'")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported (?:global: GLOBAL|class) [\w.]+", str(exc))
+        if refused is None:  # a damaged pickle stream, not a forbidden object
+            damage = re.search(r"Unsupported operand \d+", str(exc))
+            detail = damage.group(0) if damage else "damaged pickle data"
+            raise CheckpointError(f"'{path}' is not a readable checkpoint: {detail}") from None
+        raise CheckpointError(
+            f"'{path}' holds objects that torch.load(weights_only=True) refuses ({refused.group(0)}); it is not "
+            f"loaded unsafely: re-save it as a dict of tensors and plain values"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read is one error type for the caller
+        raise CheckpointError(f"'{path}' is not a readable checkpoint: {_first_line(exc)}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a dict or a state dict")
+    return obj
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _state_dict_of(obj: Any) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a checkpoint dict or a state dict, got {type(obj).__name__}")
+    for key in STATE_DICT_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return obj[key]
+    if _is_tensor_dict(obj):
+        return obj
+    raise CheckpointError(
+        f"the checkpoint has no state dict: no 'state_dict' or 'model' entry among keys {sorted(map(str, obj))}"
+    )
+
+
+def extract_state_dict(obj: Any) -> dict[str, Tensor]:
+    """The state dict of a checkpoint: ``obj['state_dict']``, ``obj['model']`` or ``obj`` itself.
+
+    thop's ``total_ops``/``total_params`` buffers are dropped; a ``module.`` (or ``_orig_mod.``) prefix is
+    stripped when every key carries it (so a real submodule called ``module`` is never mangled).
+    """
+    raw = _state_dict_of(obj)
+    state: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"state dict entry '{key}' is a {type(value).__name__}, not a tensor")
+        if str(key).rsplit(".", 1)[-1] in THOP_BUFFERS:
+            continue
+        state[str(key)] = value
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1):
+        return value.item()
+    return value
+
+
+def checkpoint_metadata(obj: Any) -> dict:
+    """The non-weight entries of a checkpoint dict (``epoch``, ``best_top1_acc``, ...) as plain Python values.
+
+    One-element tensors and numpy scalars become Python numbers; the optimizer, scheduler and scaler states are
+    left out. A bare state dict has no metadata: ``{}``.
+    """
+    if not isinstance(obj, Mapping) or not any(k in obj and isinstance(obj[k], Mapping) for k in STATE_DICT_KEYS):
+        return {}
+    return {str(k): _to_plain(v) for k, v in obj.items() if k not in _HEAVY_KEYS}
+
+
+def _shape(t: Tensor) -> str:
+    return str(list(t.shape))
+
+
+def _check_fits(model_state: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> None:
+    """Raise `CheckpointError` on the first missing key or shape mismatch (model order), then unexpected keys."""
+    missing = [k for k in model_state if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in model_state]
+    counts = f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+    for key, target in model_state.items():
+        if key in state:
+            if state[key].shape != target.shape:
+                raise CheckpointError(
+                    f"checkpoint does not fit the model: '{key}' has shape {_shape(state[key])} in the checkpoint "
+                    f"but {_shape(target)} in the model (is --compress_rate right?)"
+                )
+        elif key in missing:
+            hint = f"; the checkpoint's first key is '{next(iter(state))}'" if state else ""
+            raise CheckpointError(
+                f"checkpoint does not fit the model: '{key}' (shape {_shape(target)} in the model) is missing from "
+                f"the checkpoint {counts}{hint}"
+            )
+    if unexpected:
+        key = unexpected[0]
+        raise CheckpointError(
+            f"checkpoint does not fit the model: '{key}' (shape {_shape(state[key])} in the checkpoint) is not in "
+            f"the model {counts}"
+        )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def load_weights(model: nn.Module, source: str | Path | Mapping) -> dict:
+    """Load a checkpoint (path or already-loaded dict) into ``model`` strictly; return its metadata.
+
+    A DataParallel/DDP-wrapped model loads into its ``.module``. Every key and shape is checked first, so a
+    checkpoint that does not fit raises `CheckpointError` (first bad key, both shapes) and changes nothing.
+    """
+    obj = load_checkpoint(source) if isinstance(source, (str, Path)) else source
+    state = extract_state_dict(obj)
+    target = _unwrap(model)
+    _check_fits(target.state_dict(), state)
+    try:
+        result = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
+        raise CheckpointError(f"checkpoint does not fit the model: {_first_line(exc)}") from None
+    bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] + list(result.unexpected_keys)
+    if bad:  # unreachable after _check_fits, kept as a guard against a custom _load_from_state_dict
+        raise CheckpointError(f"checkpoint does not fit the model: '{bad[0]}' was not loaded")
+    return checkpoint_metadata(obj)
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically: temporary file in the same directory, fsync, ``os.replace``.
+
+    If writing fails (a full disk, an object that cannot be pickled), the temporary file is removed and an
+    existing ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give the usual mode
+                os.fchmod(f.fileno(), _default_file_mode())
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable (POSIX; not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
