@@ -63,7 +63,7 @@ def run_prune(args: argparse.Namespace) -> dict:
         loaders = build_loaders(args.dataset, args.data_dir, args.batch_size, device=device,
                                 eval_batch_size=args.eval_batch_size, workers=args.workers, seed=args.seed,
                                 limit_train=args.limit_train, limit_test=args.limit_test)
-        before = count_complexity(model, info.image_size)
+        before = count_complexity(model, spec.input_size)  # the paper's tables count at the nominal size
         summary: dict = {"arch": args.arch, "compress_rate": args.compress_rate, "criterion": args.criterion,
                          "strategy": args.strategy, "shot": args.shot, "baseline": before.as_dict()}
         if not args.skip_baseline_eval:
@@ -88,7 +88,7 @@ def run_prune(args: argparse.Namespace) -> dict:
                 calibrate(model, loaders.train, device, calib_epochs, args.calib_lr, args.calib_weight_decay,
                           amp=args.amp, log=log, shot=shot)
 
-        after = count_complexity(model, info.image_size)
+        after = count_complexity(model, spec.input_size)
         pruned = evaluate(model, loaders.test, device, amp=args.amp, desc="pruned")
         recalibrated = copy.deepcopy(model)
         used = recalibrate_bn(recalibrated, loaders.train, args.bn_recalib, device, amp=args.amp)
