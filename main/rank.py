@@ -121,18 +121,13 @@ def is_distance(criterion: str) -> bool:
 # Step 1: HOSVD summaries
 # --------------------------------------------------------------------------------------------------------------
 
-# Multipliers of the integer row hash used to find exact duplicate filters (odd 64-bit constants).
-_HASH_MUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
-_HASH_ADD = 1442695040888963407
-
-
 def _duplicate_map(rows: Tensor) -> tuple[Tensor, Tensor] | None:
     """Find bitwise-identical rows of a 2-D tensor.
 
     Returns ``None`` when all rows differ, else ``(representatives, inverse)`` with ``rows[representatives]``
-    the distinct rows and ``rows[i] == rows[representatives][inverse[i]]``. A position-independent integer hash
-    (exact, so identical rows always collide) screens the common no-duplicate case cheaply; only when two
-    hashes collide is the exact ``torch.unique`` over rows run.
+    the distinct rows and ``rows[i] == rows[representatives][inverse[i]]``. The wrapped integer sum of each
+    row's bit patterns screens the common no-duplicate case cheaply (integer sums are exact in any order, so
+    identical rows always get equal keys); only when keys collide is the exact ``torch.unique`` run.
     """
     n = rows.shape[0]
     if n < 2:
@@ -140,9 +135,7 @@ def _duplicate_map(rows: Tensor) -> tuple[Tensor, Tensor] | None:
     flat = rows.reshape(n, -1)
     if flat.dtype != torch.float64:
         flat = flat.to(torch.float64)
-    bits = flat.contiguous().view(torch.int64)
-    mul = (torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device) * _HASH_MUL + _HASH_ADD) | 1
-    keys = (bits * mul).sum(dim=1)
+    keys = flat.contiguous().view(torch.int64).sum(dim=1)
     if torch.unique(keys).numel() == n:
         return None
     uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
@@ -153,29 +146,52 @@ def _duplicate_map(rows: Tensor) -> tuple[Tensor, Tensor] | None:
     return first, inverse
 
 
+def _top_eigenvectors(gram: Tensor) -> Tensor:
+    """Eigenvector of the largest eigenvalue of each symmetric matrix of a batch ``[n, d, d]`` -> ``[n, d]``."""
+    return torch.linalg.eigh(gram).eigenvectors[:, :, -1]
+
+
+def _from_right_side(a: Tensor, v: Tensor) -> Tensor:
+    """Left singular vector ``u = a v / |a v|`` from the right one (``a``: ``[n, d, r]``, ``v``: ``[n, r]``)."""
+    u = (a @ v.unsqueeze(-1)).squeeze(-1)
+    norm = torch.linalg.vector_norm(u, dim=1, keepdim=True)
+    return u / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
 def _leading_left_singular_vectors(a: Tensor) -> Tensor:
     """Leading left singular vector of every matrix of a batch ``a`` of shape ``[n, d, r]`` -> ``[n, d]``.
 
     Uses the eigen-decomposition of the smaller Gram matrix: ``a a^T`` (d x d) when ``d <= r``, else
-    ``a^T a`` (r x r) followed by ``u = a v / |a v|``. An all-zero matrix gets ``u = e_0`` (its singular
-    vectors are arbitrary; a fixed choice keeps identical dead filters identical).
+    ``a^T a`` (r x r) followed by ``u = a v / |a v|``.
     """
-    n, d, r = a.shape
-    if d <= r:
-        gram = a @ a.transpose(1, 2)
-        u = torch.linalg.eigh(gram).eigenvectors[:, :, -1]
-    else:
-        gram = a.transpose(1, 2) @ a
-        v = torch.linalg.eigh(gram).eigenvectors[:, :, -1]
-        u = (a @ v.unsqueeze(-1)).squeeze(-1)
-        norm = torch.linalg.vector_norm(u, dim=1, keepdim=True)
-        u = u / torch.where(norm > 0, norm, torch.ones_like(norm))
-    zero = torch.linalg.vector_norm(a.reshape(n, -1), dim=1) == 0
-    if bool(zero.any()):
-        e0 = torch.zeros(d, dtype=u.dtype, device=u.device)
-        e0[0] = 1
-        u = torch.where(zero.unsqueeze(1), e0, u)
-    return u
+    if a.shape[1] <= a.shape[2]:
+        return _top_eigenvectors(a @ a.transpose(1, 2))
+    return _from_right_side(a, _top_eigenvectors(a.transpose(1, 2) @ a))
+
+
+def _conv_mode_vectors(w: Tensor) -> list[Tensor]:
+    """Leading left singular vectors of the three mode unfoldings of ``[n, C, kh, kw]`` filters, modes > 1 only.
+
+    All three Gram matrices come from one batched product: with ``A = w.reshape(n, C, kh*kw)`` (the mode-0
+    unfolding) and ``M = A^T A`` (``[n, kh*kw, kh*kw]``, ``M[(a,x),(b,y)] = sum_c w[c,a,x] w[c,b,y]``), the
+    mode-1 Gram is ``sum_x M[(a,x),(b,x)]`` and the mode-2 Gram ``sum_a M[(a,x),(a,y)]``; no unfolding is
+    copied.
+    """
+    n, c, kh, kw = w.shape
+    a = w.reshape(n, c, kh * kw)
+    spatial = a.transpose(1, 2) @ a
+    out = []
+    if c > 1:
+        if c <= kh * kw:
+            out.append(_top_eigenvectors(a @ a.transpose(1, 2)))
+        else:
+            out.append(_from_right_side(a, _top_eigenvectors(spatial)))
+    blocks = spatial.view(n, kh, kw, kh, kw)
+    if kh > 1:
+        out.append(_top_eigenvectors(blocks.diagonal(dim1=2, dim2=4).sum(-1)))
+    if kw > 1:
+        out.append(_top_eigenvectors(blocks.diagonal(dim1=1, dim2=3).sum(-1)))
+    return out
 
 
 def _canonical_sign(u: Tensor) -> Tensor:
@@ -193,27 +209,41 @@ def filter_summaries(weight: Tensor, *, dtype: torch.dtype = torch.float64) -> l
     convention: mode ``m`` to the front, then reshape to ``(dim_m, -1)``) gives its leading left singular
     vector, sign-normalised (entry of largest ``|value|`` positive, the first such on ties). Modes of length
     1 carry no information and are left out: a 1x1 conv keeps only mode 0 (length Cin), a depthwise conv only
-    modes 1 and 2 (kh, kw). Bitwise-identical filters get bitwise-identical summaries.
+    modes 1 and 2 (kh, kw).
+
+    Singular vectors come from ``torch.linalg.eigh`` of the smaller Gram matrix of each unfolding (for conv
+    weights all three Grams are read off one batched product, see ``_conv_mode_vectors``). An all-zero filter
+    (a dead filter) has arbitrary singular vectors: it gets ``e_0`` in every mode. Bitwise-identical filters
+    get bitwise-identical summaries (they are decomposed once).
 
     Returns one ``[N, dim_m]`` tensor per informative mode, in mode order, of ``dtype`` on the weight's device.
     """
     if weight.dim() < 2:
         raise ValueError(f"expected a weight of shape [N, ...] with at least 2 dims, got {tuple(weight.shape)}")
     w = weight.detach().to(dtype)
-    n = w.shape[0]
     dups = _duplicate_map(w)
     if dups is not None:
         w = w[dups[0]]
+    if w.dim() == 4:
+        vectors = _conv_mode_vectors(w)
+    else:
+        vectors = [
+            _leading_left_singular_vectors(w.movedim(mode + 1, 1).reshape(w.shape[0], length, -1))
+            for mode, length in enumerate(w.shape[1:])
+            if length > 1
+        ]
+    zero = torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1) == 0
+    any_zero = bool(zero.any())
     summaries = []
-    for mode, length in enumerate(w.shape[1:]):
-        if length == 1:
-            continue
-        unfolded = w.movedim(mode + 1, 1).reshape(w.shape[0], length, -1)
-        u = _canonical_sign(_leading_left_singular_vectors(unfolded))
+    for u in vectors:
+        if any_zero:
+            e0 = torch.zeros(u.shape[1], dtype=u.dtype, device=u.device)
+            e0[0] = 1
+            u = torch.where(zero[:, None], e0, u)
+        u = _canonical_sign(u)
         if dups is not None:
             u = u[dups[1]]
         summaries.append(u.contiguous())
-    assert all(s.shape[0] == n for s in summaries)
     return summaries
 
 
@@ -231,8 +261,10 @@ _REFINE_CHUNK = 1 << 22
 
 
 def _direct_pairs(u: Tensor, mask: Tensor, fn) -> tuple[Tensor, Tensor, Tensor]:
-    """Evaluate ``fn(u[i] - u[j])`` (a row-wise reduction) for the pairs where ``mask`` is True, in chunks."""
+    """Evaluate ``fn(u[i] - u[j])`` (a row-wise reduction) for the off-diagonal pairs where ``mask`` is True."""
     ii, jj = torch.nonzero(mask, as_tuple=True)
+    off = ii != jj  # the diagonal is set exactly by the caller
+    ii, jj = ii[off], jj[off]
     out = torch.empty(ii.shape[0], dtype=u.dtype, device=u.device)
     step = max(1, _REFINE_CHUNK // max(1, u.shape[1]))
     for start in range(0, ii.shape[0], step):
@@ -241,78 +273,81 @@ def _direct_pairs(u: Tensor, mask: Tensor, fn) -> tuple[Tensor, Tensor, Tensor]:
     return ii, jj, out
 
 
-def _symmetric_gram(u: Tensor) -> Tensor:
+def _symmetric_gram(u: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale * u u^T``, made exactly symmetric (BLAS may round ``g_ij`` and ``g_ji`` differently)."""
     gram = u @ u.T
-    return (gram + gram.T) * 0.5  # exactly symmetric
+    return gram.add_(gram.T.contiguous()).mul_(0.5 * scale)
 
 
 def _metric_matrix(u: Tensor, crit: str) -> Tensor:
-    """``S_ij = metric(u[i], u[j])`` for one ``[n, d]`` block of summaries; see :func:`pairwise_matrix`."""
+    """``S_ij = metric(u[i], u[j])`` for one ``[n, d]`` block of summaries; see :func:`pairwise_matrix`.
+
+    Works in place on ``n x n`` buffers where it can: this runs on matrices of up to ~1024^2 per mode.
+    """
     n, d = u.shape
     norms = torch.linalg.vector_norm(u, dim=1)
+    tiny = torch.finfo(u.dtype).tiny
 
     if crit == "Manhattan_dis":
         s = torch.cdist(u.unsqueeze(0), u.unsqueeze(0), p=1.0).squeeze(0)
-        s = (s + s.T) * 0.5
-        s.fill_diagonal_(0.0)
-        return s
+        s = s.add_(s.T.contiguous()).mul_(0.5)
+        return s.fill_diagonal_(0.0)
 
     if crit == "cosine_sim":
-        gram = _symmetric_gram(u)
-        den = norms[:, None] * norms[None, :]
-        s = torch.where(den > 0, gram.abs() / torch.where(den > 0, den, 1.0), 0.0)
+        inv = torch.where(norms > 0, 1.0 / norms.clamp_min(tiny), 0.0)
+        s = _symmetric_gram(u).abs_().mul_(torch.outer(inv, inv))  # 0 against a zero vector; outer(): symmetric
         zero = norms == 0
-        s = torch.where(zero[:, None] & zero[None, :], 1.0, s)
-        s.fill_diagonal_(1.0)
-        return s
+        if bool(zero.any()):
+            s[zero[:, None] & zero[None, :]] = 1.0
+        return s.fill_diagonal_(1.0)
 
     if crit == "Euclide_dis":
-        gram = _symmetric_gram(u)
-        scale = norms[:, None] ** 2 + norms[None, :] ** 2
-        sq = (scale - 2.0 * gram).clamp_min(0.0)
-        s = sq.sqrt()
-        ii, jj, direct = _direct_pairs(u, sq <= _REFINE_TOL * scale, lambda diff: torch.linalg.vector_norm(diff, dim=1))
+        sqn = norms**2
+        scale = sqn[:, None] + sqn[None, :]
+        sq = _symmetric_gram(u, -2.0).add_(scale).clamp_min_(0.0)
+        refine = sq <= scale.mul_(_REFINE_TOL)
+        s = sq.sqrt_()
+        ii, jj, direct = _direct_pairs(u, refine, lambda diff: torch.linalg.vector_norm(diff, dim=1))
         s[ii, jj] = direct
-        s.fill_diagonal_(0.0)
-        return s
+        return s.fill_diagonal_(0.0)
 
     # Variance-based metrics: centre, zero out constant vectors exactly.
     centred = u - u.mean(dim=1, keepdim=True)
     cnorm = torch.linalg.vector_norm(centred, dim=1)
     const = cnorm <= _CONST_TOL * norms
-    centred = torch.where(const[:, None], 0.0, centred)
-    cnorm = torch.where(const, 0.0, cnorm)
-    both_const = const[:, None] & const[None, :]
+    any_const = bool(const.any())
+    if any_const:
+        centred[const] = 0.0
+        cnorm[const] = 0.0
     ddof = max(d - 1, 1)
 
     if crit == "Pearson_sim":
-        gram = _symmetric_gram(centred)
-        den = cnorm[:, None] * cnorm[None, :]
-        s = torch.where(den > 0, gram / torch.where(den > 0, den, 1.0), 0.0)
-        s = torch.where(both_const, 1.0, s)
-        s.fill_diagonal_(1.0)
-        return s
+        inv = torch.where(cnorm > 0, 1.0 / cnorm.clamp_min(tiny), 0.0)
+        s = _symmetric_gram(centred).mul_(torch.outer(inv, inv))  # 0 against a constant vector
+        if any_const:
+            s[const[:, None] & const[None, :]] = 1.0
+        return s.fill_diagonal_(1.0)
 
     var = cnorm**2 / ddof
-    cov = _symmetric_gram(centred) / ddof
     var_sum = var[:, None] + var[None, :]
-    num = (var_sum - 2.0 * cov).clamp_min(0.0)
+    num = _symmetric_gram(centred, -2.0 / ddof).add_(var_sum).clamp_min_(0.0)  # Var(a - b)
 
-    def direct_var(diff: Tensor) -> Tensor:
-        return torch.var(diff, dim=1, unbiased=True) if d > 1 else torch.zeros_like(diff[:, 0])
+    def direct_var(diff: Tensor) -> Tensor:  # unbiased Var of each row
+        diff = diff - diff.mean(dim=1, keepdim=True)
+        return diff.square_().sum(dim=1).div_(ddof)
 
     ii, jj, direct = _direct_pairs(centred, num <= _REFINE_TOL * var_sum, direct_var)
     num[ii, jj] = direct
     if crit == "VBD_dis":
-        s = torch.where(var_sum > 0, num / torch.where(var_sum > 0, var_sum, 1.0), 0.0)
+        s = num.div_(var_sum.clamp_min_(tiny))  # both constant: num is exactly 0, so 0
     elif crit == "SNR_dis":
-        den = var[:, None].expand(n, n)
-        s = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
-        s = torch.where(both_const, 0.0, s)
+        s = num.div_(var.clamp_min(tiny)[:, None])
+        if any_const:  # constant signal: VBD denominator (gives 1), or 0 when both are constant
+            fill = torch.where(const, 0.0, 1.0).to(s.dtype)
+            s[const] = fill.expand(int(const.sum()), n)
     else:  # pragma: no cover - guarded by the callers
         raise ValueError(f"criterion {crit!r} is not a pairwise metric")
-    s.fill_diagonal_(0.0)
-    return s
+    return s.fill_diagonal_(0.0)
 
 
 def pairwise_matrix(
@@ -346,7 +381,10 @@ def pairwise_matrix(
     Computed with Gram matrices in ``dtype`` (float64 by default) on the summaries' device; entries where the
     Gram form of a difference cancels (``|a-b|^2`` or ``Var(a-b)`` below 1e-3 of its scale) are recomputed from
     ``a - b`` directly, so near-duplicates keep full relative accuracy. Bitwise-identical filters give
-    bitwise-identical rows and columns (exact ties, so the greedy tie-break rules apply to them).
+    bitwise-identical rows and columns (exact ties, so the greedy tie-break rules apply to them); symmetric
+    metrics give an exactly symmetric matrix. Summaries of length 1 are ignored (decision 3); when no
+    summary is longer than 1 (a ``[N, 1, 1, 1]`` weight) the matrix is all zeros: every pair is equally
+    redundant and the greedy loop removes filters in index order.
     """
     crit = canonical_criterion(criterion)
     if crit in BASELINE_CRITERIA:
@@ -387,43 +425,56 @@ def _greedy_removal_order(dist: np.ndarray, min_min: bool) -> np.ndarray:
     """Greedy removal loop of upstream-coring.md 1.3 on a batch of distance-oriented matrices ``[B, N, N]``.
 
     Returns the removal step of every filter (``[B, N]``, int64; the last survivor gets ``N - 1``).
-    Per-row minima and first arg-minima of the masked matrix are kept up to date; after a removal only the
-    rows whose arg-min was the removed filter are rescanned, so a step costs O(N) plus O(N) per such row.
+
+    Nothing is written into the matrix: removed filters are tracked by a 0/1 weight vector (for the totals)
+    and a 0/inf penalty vector (for the minima), and the pair ``(r, c)`` of the current step is excluded the
+    same way. Per-row minima and first arg-minima over the live columns are kept up to date; after a removal
+    only the rows whose arg-min was the removed filter are rescanned. Columns are read from a transposed copy
+    (the matrix itself when it is symmetric), so every access is a contiguous row.
     """
     b, n, _ = dist.shape
-    d = np.array(dist, dtype=np.float64, copy=True)
-    diag = np.arange(n)
-    d[:, diag, diag] = np.inf
+    d = np.ascontiguousarray(dist, dtype=np.float64)
+    dt = d if np.array_equal(d, d.transpose(0, 2, 1)) else np.ascontiguousarray(d.transpose(0, 2, 1))
     bi = np.arange(b)
     order = np.full((b, n), n - 1, dtype=np.int64)
     alive = np.ones((b, n), dtype=bool)
-    row_arg = d.argmin(axis=2)
-    row_min = np.take_along_axis(d, row_arg[:, :, None], axis=2)[:, :, 0]
+    weight = np.ones((b, n))  # 1 for live filters, 0 for removed ones
+    penalty = np.zeros((b, n))  # 0 for live filters, inf for removed ones
+    masked = d.copy()
+    diag = np.arange(n)
+    masked[:, diag, diag] = np.inf
+    row_arg = masked.argmin(axis=2)
+    row_min = np.take_along_axis(masked, row_arg[:, :, None], axis=2)[:, :, 0]
+    del masked
     for step in range(n - 1):
         r = row_min.argmin(axis=1)  # first row holding the global minimum ...
         c = row_arg[bi, r]  # ... and its first column: the row-major first arg-min
-        d[bi, r, c] = np.inf
-        d[bi, c, r] = np.inf
-        row = d[bi, r, :]
-        col = d[bi, :, c]
+        row = d[bi, r]  # S[r, :]
+        col = dt[bi, c]  # S[:, c]
         if min_min:
-            remove_c = row.min(axis=1) > col.min(axis=1)
+            pen = penalty.copy()
+            pen[bi, r] = np.inf
+            pen[bi, c] = np.inf
+            remove_c = (row + pen).min(axis=1) > (col + pen).min(axis=1)
         else:
-            total_r = np.where(np.isfinite(row), row, 0.0).sum(axis=1)
-            total_c = np.where(np.isfinite(col), col, 0.0).sum(axis=1)
-            remove_c = total_r > total_c
-        victim = np.where(remove_c, c, r)
+            w = weight.copy()
+            w[bi, r] = 0.0
+            w[bi, c] = 0.0
+            remove_c = np.einsum("bn,bn->b", row, w) > np.einsum("bn,bn->b", col, w)
+        victim = np.where(remove_c, c, r)  # ties remove the row index
         order[bi, victim] = step
         alive[bi, victim] = False
-        d[bi, victim, :] = np.inf
-        d[bi, :, victim] = np.inf
+        weight[bi, victim] = 0.0
+        penalty[bi, victim] = np.inf
         row_min[bi, victim] = np.inf
         stale_b, stale_i = np.nonzero((row_arg == victim[:, None]) & alive)
         if stale_b.size:
-            rows = d[stale_b, stale_i, :]
+            rows = d[stale_b, stale_i] + penalty[stale_b]
+            k = np.arange(stale_b.size)
+            rows[k, stale_i] = np.inf  # the diagonal
             arg = rows.argmin(axis=1)
             row_arg[stale_b, stale_i] = arg
-            row_min[stale_b, stale_i] = rows[np.arange(arg.size), arg]
+            row_min[stale_b, stale_i] = rows[k, arg]
     return order
 
 
@@ -441,10 +492,13 @@ def saliency_from_matrices(mats: Tensor, distance: bool, strategy: str = "min_su
       compares the row minimum with the column minimum instead (maxima for similarities). Ties remove ``r``.
       Saliency is the removal step 0..N-2; the last survivor gets ``N - 1``.
 
-    Cost of the greedy loop: N - 1 steps of O(N) vectorised work each (totals recomputed from the masked row
-    and column, so exact, plus one rescan per row whose nearest neighbour was removed), so about O(N^2) for
-    the whole loop instead of the O(N^3) of rescanning the matrix at every step; the ``B`` matrices share the
-    same Python loop. It runs on the host (numpy) and the result is returned as float64 on ``mats.device``.
+    Cost of the greedy loop: N - 1 steps of O(N) vectorised work each (the totals are recomputed from the
+    live entries of row ``r`` and column ``c``, so they are exact and never drift; per-row minima and first
+    arg-minima are maintained, and only the rows whose arg-min was the removed filter are rescanned, O(N)
+    each), so typically O(N^2) for the whole loop (O(N^3) in the worst case where every row's nearest
+    neighbour is the filter just removed) instead of the O(N^3) of rescanning the whole matrix at every step.
+    The ``B`` matrices share one Python loop (about 0.1-0.2 s for N = 1024 on one CPU core). It runs on the
+    host (numpy); the result is returned as float64 on ``mats.device``.
     """
     strat = canonical_strategy(strategy)
     if mats.dim() != 3 or mats.shape[1] != mats.shape[2]:

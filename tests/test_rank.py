@@ -168,6 +168,8 @@ LAYERS = {
     "grouped": [(24, 4, 3, 3)],  # e.g. Conv2d(16, 24, 3, groups=4): Cin/groups = 4
     "first_conv": [(12, 3, 3, 3)],  # Cin < k*k: the other side of the Gram switch
     "coupled": [(16, 8, 1, 1), (16, 12, 1, 1), (16, 6, 3, 3)],  # a residual stage: conv3s + downsample
+    "conv1d": [(14, 6, 5)],  # other orders take the generic unfolding path
+    "conv3d": [(10, 3, 3, 2, 3)],
 }
 
 
