@@ -321,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if rank.canonical_criterion(args.criterion) in rank.BASELINE_CRITERIA:
         parser.error("benchmark a CORING criterion, not a baseline")
     device = torch.device(args.device)
+    if (hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1
+            and "OMP_WAIT_POLICY" not in os.environ):
+        print("note: the machine is oversubscribed; busy-waiting OpenMP threads can make torch ops 5-10x slower. "
+              "Use --threads 1 or OMP_WAIT_POLICY=PASSIVE for meaningful timings.")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load} (wall times suffer when the machine is shared), device {device}")

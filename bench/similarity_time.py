@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--criterion", default="VBD_dis", help="one of: " + ", ".join(rank.PAPER_CRITERIA))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5, help="batched timings: best of this many runs")
-    parser.add_argument("--pairs", type=int, default=400, help="sampled pairs per layer for the per-pair protocol")
+    parser.add_argument("--pairs", type=int, default=1500, help="sampled pairs per layer for the per-pair protocol")
     parser.add_argument("--no-per-pair", action="store_true", help="skip the paper's per-pair protocol")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "similarity_time.png"))
     parser.add_argument("--seed", type=int, default=0)
