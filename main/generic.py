@@ -44,7 +44,6 @@ __all__ = [
     "GenericModelError",
     "NOT_CNN_PREFIXES",
     "count_ops",
-    "kept_from_history",
     "load_user_model",
     "model_label",
     "output_layers",
@@ -321,20 +320,14 @@ def _plain_history(history: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in history]
 
 
-def kept_from_history(history: Sequence[Sequence[Any]], widths: Mapping[str, int]) -> dict[str, list[int]]:
-    """Original out-channel indices each root layer keeps, replaying the removals of a pruning history.
-
-    ``widths`` are the unpruned out-channel counts of the root layers (``record['original_widths']``).
-    Layers pruned through another root (coupled layers) are not listed; see their root.
-    """
-    kept: dict[str, list[int]] = {}
-    for name, is_out, idxs in history:
-        if not is_out:
-            continue
-        current = kept.get(name, list(range(widths[name])))
-        gone = set(int(i) for i in idxs)
-        kept[name] = [c for p, c in enumerate(current) if p not in gone]
-    return kept
+def _track_kept(group: tp.dependency.Group, kept: dict[str, list[int]], names: Mapping[nn.Module, str]) -> None:
+    """Drop the channels a group is about to remove from ``kept`` (original out-channel indices per layer)."""
+    for dep, idxs in group:
+        module = dep.target.module
+        if isinstance(module, _ROOT_TYPES) and group._DG.is_out_channel_pruning_fn(dep.handler):
+            name = names[module]
+            gone = set(int(i) for i in idxs)
+            kept[name] = [c for p, c in enumerate(kept[name]) if p not in gone]
 
 
 def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = "VBD_dis",
@@ -350,7 +343,8 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
     model's output layers and ``ignored_layers`` (modules or names) keep their output channels.
     ``iterative_steps`` K > 1 prunes in K shots at ``r/K, r/(K-1), ..., r`` of the original widths, re-ranking
     each time; K = 1 ranks every group on the original weights. The record holds plain values only (pruning
-    history, widths, counts) for :func:`save_generic`. ``model`` itself is not modified.
+    history, widths, the original out-channel indices each pruned conv/linear layer ``kept``, counts) for
+    :func:`save_generic`. ``model`` itself is not modified.
     """
     given = [x is not None for x in (flops_target, params_target, channel_ratio)]
     if sum(given) != 1:
@@ -396,13 +390,17 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
     pruner, sinks = _make_pruner(work, example_inputs, importance, ratio=ratio, ratio_dict=ratio_dict,
                                  steps=iterative_steps, schedule=_shot_schedule(iterative_steps), ignored=ignored,
                                  only_listed=isinstance(channel_ratio, Mapping))
+    names = {m: n for n, m in work.named_modules()}
+    kept = {name: list(range(width)) for name, width in original_widths.items()}
     with torch.no_grad():
         for _ in range(iterative_steps):
-            pruner.step()
+            for group in pruner.step(interactive=True):
+                _track_kept(group, kept, names)
+                group.prune()
         after = count_ops(work, example_inputs)
         work(example_inputs)  # the pruned model must still run
     work.train(was_training)
-    names = {m: n for n, m in work.named_modules()}
+    widths = _layer_widths(work)
     record = {
         "format": _FORMAT,
         "torch_pruning": _tp_version(),
@@ -419,7 +417,9 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
         "output_layers": [names[m] for m in sinks],
         "history": _plain_history(pruner.pruning_history()),
         "original_widths": original_widths,
-        "widths": _layer_widths(work),
+        "widths": widths,
+        "kept": {name: idx for name, idx in kept.items() if len(idx) != original_widths[name]
+                 and len(idx) == widths.get(name)},
         "flops_before": base[0], "params_before": base[1], "flops_after": after[0], "params_after": after[1],
         "seconds": time.perf_counter() - start,
     }

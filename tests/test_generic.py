@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import models
-from main.generic import (GenericModelError, count_ops, kept_from_history, load_user_model, prune_generic,
-                          rebuild_from_checkpoint, save_generic)
+from main.generic import (GenericModelError, count_ops, load_user_model, prune_generic, rebuild_from_checkpoint,
+                          save_generic)
 from main.prune import prune
 from models import build_model
 from models.vgg import CONV_POSITIONS
@@ -118,6 +118,13 @@ def test_user_module_prunes_to_a_flop_target_saves_and_reloads(user_file, tmp_pa
     assert record["output_layers"] == ["fc"] and pruned.fc.out_features == 10
     assert pruned.dw[0].groups == pruned.dw[0].in_channels == pruned.dw[0].out_channels  # still depthwise
     assert model.stem[0].out_channels == 16  # the caller's model is untouched
+    kept = record["kept"]
+    changed = {n for n, w in record["widths"].items() if w != record["original_widths"][n]}
+    assert set(kept) == changed and "fc" not in changed
+    assert kept["dw.0"] == kept["expand.0"]  # the depthwise conv follows the conv that feeds it
+    columns = kept["left"] + [24 + c for c in kept["right"]]  # the concatenation's slices
+    assert torch.equal(pruned.fc.weight, model.fc.weight[:, columns])
+    assert torch.equal(pruned.left.weight, model.left.weight[kept["left"]][:, kept["dw.0"]])
     path = tmp_path / "pruned.pth.tar"
     save_generic(path, pruned.eval(), record, {"source": spec, "num_classes": 10})
     checkpoint = torch.load(path, weights_only=True)
@@ -184,7 +191,7 @@ def test_vgg16_generic_and_builtin_paths_keep_the_same_filters(criterion, strate
     layers = {f"features.conv{pos}": rate for pos, rate in zip(CONV_POSITIONS, VGG_RATES)}
     x = torch.randn(2, 3, 32, 32)
     pruned, record = prune_generic(model, x[:1], channel_ratio=layers, criterion=criterion, strategy=strategy)
-    kept = kept_from_history(record["history"], record["original_widths"])
+    kept = record["kept"]
     assert sorted(kept) == sorted(layers)
     for name in layers:
         assert kept[name] == builtin.keep[name].tolist(), name
@@ -235,3 +242,25 @@ def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp
         pretrained=str(ckpt), dataset="digits", epochs=1, batch_size=64, job_dir=str(tmp_path / "ft"),
         device="cpu", limit_train=128, limit_test=64, progress=False, lr_type="cos", warmup_epochs=0))
     assert summary["final_top1"] is not None
+
+
+def test_cli_loads_pretrained_weights_strictly(user_file, tmp_path, capsys):
+    from main.prune import main
+
+    spec = f"{user_file}:TinyNet"
+    torch.manual_seed(4)
+    weights = _randomise_bn(load_user_model(spec, 10))
+    torch.save({"state_dict": weights.state_dict(), "epoch": 3}, tmp_path / "base.pth.tar")
+    common = ["--model", spec, "--compress_rate", "0.25", "--dataset", "digits", "--device", "cpu",
+              "--bn_recalib", "32", "--limit_test", "32", "--skip_baseline_eval"]
+    assert main(common + ["--pretrain_dir", str(tmp_path / "base.pth.tar"), "--job_dir", str(tmp_path / "a")]) == 0
+    saved = torch.load(tmp_path / "a" / "pruned.pth.tar", weights_only=True)
+    assert saved["generic"]["channel_ratio"] == 0.25
+    kept = saved["generic"]["kept"]["stem.0"]
+    assert kept == saved["generic"]["kept"]["res.3"]  # coupled by the residual add
+    assert torch.equal(saved["state_dict"]["stem.0.weight"], weights.stem[0].weight[kept])
+    torch.save(load_user_model(spec, 7).state_dict(), tmp_path / "other.pth")
+    capsys.readouterr()
+    assert main(common + ["--pretrain_dir", str(tmp_path / "other.pth"), "--job_dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint does not fit the model: 'fc.weight'") and "\n" not in err

@@ -44,6 +44,8 @@ def _check_model(name: str, tmp_path) -> None:
     assert record["output_layers"], "the classifier must be found and kept"
     assert record["flops_after"] < 0.75 * record["flops_before"]  # 30% of channels: >= 25% of the MACs go
     assert record["params_after"] < record["params_before"]
+    changed = {n for n, w in record["widths"].items() if w != record["original_widths"][n]}
+    assert set(record["kept"]) == changed  # the surviving filters of every pruned layer are recorded
     path = tmp_path / "pruned.pth.tar"
     save_generic(path, pruned, record, {"source": spec, "num_classes": 10})
     rebuilt = rebuild_from_checkpoint(torch.load(path, weights_only=True)).eval()
