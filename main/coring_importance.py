@@ -68,7 +68,7 @@ def scored_layers(group: tp.dependency.Group) -> list[tuple[str, Tensor]]:
     Conv/linear layers whose output channels cover all the group's channels; depthwise convs only when no other
     layer qualifies. Empty when no conv or linear output covers the group (the caller falls back to L2).
     """
-    names = group._DG._module2name if group._DG is not None else {}
+    dg = group._DG
     root_idxs = list(group[0].root_idxs)
     position = {int(r): p for p, r in enumerate(root_idxs)}
     n = len(root_idxs)
@@ -78,7 +78,7 @@ def scored_layers(group: tp.dependency.Group) -> list[tuple[str, Tensor]]:
     for item in group:
         dep, idxs = item
         module = dep.target.module
-        if id(module) in seen or not group._DG.is_out_channel_pruning_fn(dep.handler):
+        if id(module) in seen or not dg.is_out_channel_pruning_fn(dep.handler):
             continue
         filters = _output_filters(module)
         if filters is None:
@@ -89,7 +89,7 @@ def scored_layers(group: tp.dependency.Group) -> list[tuple[str, Tensor]]:
             continue  # covers part of the group only
         rows = torch.empty(n, dtype=torch.long)
         rows[torch.tensor(pos, dtype=torch.long)] = torch.as_tensor([int(i) for i in idxs], dtype=torch.long)
-        entry = (names.get(module, type(module).__name__), filters[rows.to(filters.device)])
+        entry = (dg._module2name.get(module, type(module).__name__), filters[rows.to(filters.device)])
         (depthwise if is_depthwise(module) else regular).append(entry)
     return regular or depthwise
 

@@ -30,6 +30,7 @@ import math
 import re
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "GenericModelError",
     "NOT_CNN_PREFIXES",
     "count_ops",
+    "load_state_strict",
     "load_user_model",
     "model_label",
     "output_layers",
@@ -456,21 +458,58 @@ def save_generic(path: str | Path, model: nn.Module, record: Mapping[str, Any], 
     src, _ = _split_spec(str(source))
     if src != TORCHVISION_PREFIX[:-1]:
         generic["source_path"] = str(Path(src).resolve())
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = _cpu_state_dict(model)
     checkpoint = {"state_dict": state, "generic": _plain(generic), "arch": model_label(str(source)),
                   "num_classes": generic["num_classes"], "compress_rate": None, **_plain(meta)}
     save_checkpoint(checkpoint, path)
     return checkpoint
 
 
+def _cpu_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
+    """The state dict on the CPU, with its per-module ``_metadata`` (versions: MNASNet refuses to load without)."""
+    source = model.state_dict()
+    state = OrderedDict((k, v.detach().to("cpu").contiguous()) for k, v in source.items())
+    state._metadata = copy.deepcopy(getattr(source, "_metadata", OrderedDict()))  # type: ignore[attr-defined]
+    return state
+
+
+def load_state_strict(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+    """Load a checkpoint's weights strictly, keeping the state dict's ``_metadata``.
+
+    Keys and shapes are checked first (one-line `GenericModelError` naming the first bad key and both shapes);
+    a state dict without metadata gets the model's own (``main.checkpoint.load_weights`` drops it, which
+    torchvision's MNASNet refuses).
+    """
+    from main.checkpoint import STATE_DICT_KEYS, extract_state_dict
+
+    state = OrderedDict(extract_state_dict(checkpoint))
+    raw = next((checkpoint[k] for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)), checkpoint)
+    target = model.state_dict()
+    for key, value in target.items():
+        if key not in state and not key.endswith("num_batches_tracked"):
+            raise GenericModelError(f"checkpoint does not fit the model: '{key}' (shape {list(value.shape)}) is "
+                                    f"missing from the checkpoint")
+        if key in state and state[key].shape != value.shape:
+            raise GenericModelError(f"checkpoint does not fit the model: '{key}' has shape {list(state[key].shape)} "
+                                    f"in the checkpoint but {list(value.shape)} in the model")
+    extra = [k for k in state if k not in target]
+    if extra:
+        raise GenericModelError(f"checkpoint does not fit the model: '{extra[0]}' is not in the model")
+    metadata = getattr(raw, "_metadata", None) or getattr(target, "_metadata", None)
+    if metadata is not None:
+        state._metadata = metadata  # type: ignore[attr-defined]
+    result = model.load_state_dict(state, strict=False)
+    bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] + list(result.unexpected_keys)
+    if bad:  # unreachable after the checks above; a guard against a custom _load_from_state_dict
+        raise GenericModelError(f"checkpoint does not fit the model: '{bad[0]}' was not loaded")
+
+
 def rebuild_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
     """The pruned model of a :func:`save_generic` checkpoint, weights loaded strictly.
 
     Builds the unpruned source model, traces it on the recorded input shape, replays the Torch-Pruning history
-    (``DependencyGraph.load_pruning_history``) and loads the state dict with ``main.checkpoint.load_weights``.
+    (``DependencyGraph.load_pruning_history``) and loads the state dict strictly (:func:`load_state_strict`).
     """
-    from main.checkpoint import load_weights
-
     generic = checkpoint.get("generic") if isinstance(checkpoint, Mapping) else None
     if not isinstance(generic, Mapping):
         raise GenericModelError("the checkpoint has no 'generic' entry (it was not written by save_generic)")
@@ -494,7 +533,7 @@ def rebuild_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
             raise GenericModelError(f"replayed pruning gives {layer!r} {widths.get(layer)} channels, the checkpoint "
                                     f"recorded {width}")
     if "state_dict" in checkpoint or "model" in checkpoint:
-        load_weights(model, checkpoint)
+        load_state_strict(model, checkpoint)
     if not hasattr(model, "arch"):
         model.arch = model_label(str(generic["source"]))
     return model
@@ -543,7 +582,7 @@ def run_generic_prune(args: argparse.Namespace) -> int:
 
 def _run_generic_prune(args: argparse.Namespace) -> dict:
     from data import build_loaders, dataset_info
-    from main.checkpoint import load_weights
+    from main.checkpoint import load_checkpoint
     from main.cli import resolve_device
     from main.counting import count_complexity
     from main.engine import evaluate, recalibrate_bn
@@ -560,7 +599,7 @@ def _run_generic_prune(args: argparse.Namespace) -> dict:
     job_dir = Path(args.job_dir)
     model = load_user_model(args.model, num_classes)
     if args.pretrain_dir:
-        load_weights(model, args.pretrain_dir)
+        load_state_strict(model, load_checkpoint(args.pretrain_dir))
     model = model.to(device).eval()
     with RunLogger(job_dir, "prune") as log:
         log.write_config(args)

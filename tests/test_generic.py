@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import models
-from main.generic import (GenericModelError, count_ops, load_user_model, prune_generic, rebuild_from_checkpoint,
-                          save_generic)
+from main.generic import (GenericModelError, count_ops, load_state_strict, load_user_model, prune_generic,
+                          rebuild_from_checkpoint, save_generic)
 from main.prune import prune
 from models import build_model
 from models.vgg import CONV_POSITIONS
@@ -264,3 +264,13 @@ def test_cli_loads_pretrained_weights_strictly(user_file, tmp_path, capsys):
     assert main(common + ["--pretrain_dir", str(tmp_path / "other.pth"), "--job_dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: checkpoint does not fit the model: 'fc.weight'") and "\n" not in err
+
+
+def test_plain_state_dicts_load_into_versioned_modules():
+    """A bare dict has no ``_metadata``; MNASNet's loader needs its version, taken from the model then."""
+    source = load_user_model("torchvision:mnasnet0_5", 10)
+    target = load_user_model("torchvision:mnasnet0_5", 10)
+    load_state_strict(target, {k: v.clone() for k, v in source.state_dict().items()})
+    assert torch.equal(target.classifier[1].weight, source.classifier[1].weight)
+    with pytest.raises(GenericModelError, match=r"'layers.0.weight' has shape \[1\] in the checkpoint"):
+        load_state_strict(target, {**source.state_dict(), "layers.0.weight": torch.zeros(1)})
