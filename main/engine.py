@@ -104,6 +104,11 @@ def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last
     return model
 
 
+def _cuda_setup(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def _uses_channels_last(model: nn.Module) -> bool:
     for p in unwrap(model).parameters():
         if p.dim() == 4:
@@ -190,6 +195,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str, *, 
     The loader must shard without padding for ``count`` to equal the test-set size.
     """
     device = torch.device(device)
+    _cuda_setup(device)
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -244,6 +250,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``loader.set_epoch(epoch)`` is called when the loader has it; ``max_iters`` stops the epoch early.
     """
     device = torch.device(device)
+    _cuda_setup(device)
     model.train()
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)

@@ -20,7 +20,8 @@ to ``model_best.pth.tar`` on a new best top-1. The end logs ``Final top-1`` and 
 and writes ``summary.json`` and ``curves.png``.
 
 Under torchrun each process trains on its shard (``--batch_size`` per process, so the global batch is
-``batch_size * world_size``), metrics are all-reduced, rank 0 alone logs and writes files. Each epoch reseeds the
+``batch_size * world_size``; the paper's 256 was global over DataParallel GPUs, so pass ``--batch_size 256/N`` to
+match it on N GPUs), metrics are all-reduced, rank 0 alone logs and writes files. Each epoch reseeds the
 RNGs from ``(seed, epoch, rank)`` and the loaders order data by ``(seed, epoch)``, so a resumed run replays the
 interrupted epoch exactly as an uninterrupted run would.
 """
@@ -49,7 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from main.cli import (add_data_args, add_device_args, add_model_args, add_optim_args, add_output_args)
+from data import DataNotFoundError, build_loaders
+from main.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from main.cli import add_data_args, add_device_args, add_model_args, add_optim_args, add_output_args
+from main.compress import CompressRateError
 from main.distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, unwrap, wrap_ddp)
 from main.engine import (NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch)
 from main.run_logging import RunLogger, plot_curves, write_json
@@ -152,6 +156,21 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _repair_after_kill(job_dir: Path, state: dict, logger: RunLogger) -> None:
+    """Tidy up after a run killed while saving: drop temporary files, redo a best-model copy that was cut off."""
+    for stale in list(job_dir.glob(f".{CHECKPOINT_NAME}.*")) + list(job_dir.glob(f".{BEST_NAME}.*")):
+        stale.unlink(missing_ok=True)
+    best_path = job_dir / BEST_NAME
+    if state.get("best_epoch") is not None and state.get("best_epoch") == state.get("epoch"):
+        try:
+            best_epoch = load_checkpoint(best_path).get("epoch") if best_path.exists() else None
+        except CheckpointError:
+            best_epoch = None
+        if best_epoch != state["epoch"]:
+            logger.info("re-copying %s (the run stopped before copying epoch %s)", BEST_NAME, state["epoch"])
+            _atomic_copy(job_dir / CHECKPOINT_NAME, best_path)
+
+
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
 
@@ -174,7 +193,6 @@ def _default_log_every(args: argparse.Namespace, iters_per_epoch: int) -> int:
 
 def _build_model(args: argparse.Namespace, source: Any, num_classes: int) -> nn.Module:
     import models
-    from main.checkpoint import load_weights
 
     meta = source if isinstance(source, dict) else {}
     if args.arch is None and meta.get("arch") is None:
@@ -194,9 +212,6 @@ def run_finetune(args: argparse.Namespace, model: nn.Module | None = None) -> di
     the quick start pass the slim model they just built); its ``arch`` attribute is recorded when present.
     Raises ``NonFiniteLossError`` when the loss diverges (the last checkpoint is left intact).
     """
-    from data import build_loaders
-    from main.checkpoint import load_checkpoint, load_weights, save_checkpoint
-
     preexisting_group = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist_info = init_distributed(args.device)
     device = dist_info.device
@@ -206,8 +221,7 @@ def run_finetune(args: argparse.Namespace, model: nn.Module | None = None) -> di
     barrier()
     logger = RunLogger(job_dir, "evaluate" if args.evaluate else "finetune", is_main=dist_info.is_main)
     try:
-        return _run(args, model, dist_info, device, job_dir, logger, build_loaders, load_checkpoint, load_weights,
-                    save_checkpoint)
+        return _run(args, model, dist_info, job_dir, logger)
     except NonFiniteLossError as exc:
         logger.error("error: %s", exc)
         raise
@@ -217,9 +231,10 @@ def run_finetune(args: argparse.Namespace, model: nn.Module | None = None) -> di
             cleanup()
 
 
-def _run(args, model, dist_info: DistInfo, device, job_dir: Path, logger: RunLogger, build_loaders,
-         load_checkpoint, load_weights, save_checkpoint) -> dict[str, Any]:  # noqa: ANN001
+def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo, job_dir: Path,
+         logger: RunLogger) -> dict[str, Any]:
     started = time.time()
+    device = dist_info.device
     logger.info("args = %s", args)
     logger.write_config(args)
     if args.gpu is not None:
@@ -306,6 +321,8 @@ def _run(args, model, dist_info: DistInfo, device, job_dir: Path, logger: RunLog
         best_epoch = int(resume_state.get("best_epoch", -1))
         last = {"top1": resume_state.get("last_top1_acc"), "top5": resume_state.get("last_top5_acc"),
                 "epoch": start_epoch - 1}
+        if dist_info.is_main:
+            _repair_after_kill(job_dir, resume_state, logger)
         kept = logger.truncate_metrics(start_epoch - 1)
         logger.info("continuing at epoch %d (best top-1 %.3f at epoch %d; %d metric rows kept)", start_epoch,
                     best_top1, best_epoch, kept)
@@ -383,10 +400,6 @@ def _num_outputs(model: nn.Module) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from data import DataNotFoundError
-    from main.checkpoint import CheckpointError
-    from main.compress import CompressRateError
-
     try:
         run_finetune(args)
     except NonFiniteLossError as exc:

@@ -146,6 +146,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result_as_an_uninterrupted_run
                     break
             time.sleep(0.05)
         assert victim.poll() is None, f"the run ended before it could be killed: {victim.stderr.read().decode()}"
+        time.sleep(0.2)  # into the next epoch's training
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
     finally:
@@ -174,3 +175,20 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result_as_an_uninterrupted_run
     for name, tensor in final["state_dict"].items():
         torch.testing.assert_close(tensor, reference_state[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((killed / "summary.json").read_text())["final_epoch"] == epochs - 1
+    assert load_checkpoint(killed / BEST_NAME)["epoch"] == final["best_epoch"]
+    assert not [p.name for p in killed.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_resume_tidies_a_save_cut_off_by_a_kill(tmp_path):
+    from main.finetune import _repair_after_kill
+    from main.run_logging import RunLogger
+
+    state = {"state_dict": {"w": torch.zeros(1)}, "epoch": 2, "best_epoch": 2}
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    save_checkpoint({**state, "epoch": 1, "best_epoch": 1}, tmp_path / BEST_NAME)  # the copy never happened
+    (tmp_path / f".{BEST_NAME}.tmp123").write_bytes(b"half a file")
+    (tmp_path / f".{CHECKPOINT_NAME}.abc.tmp").write_bytes(b"half a file")
+    with RunLogger(tmp_path, "t", console=False) as logger:
+        _repair_after_kill(tmp_path, state, logger)
+    assert load_checkpoint(tmp_path / BEST_NAME)["epoch"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
