@@ -1,0 +1,351 @@
+"""Measured speed-up of pruning against the FLOPs ratio: ResNet-50 classification and Faster R-CNN detection.
+
+    python bench/throughput.py                      # CPU (and CUDA when present), default rate
+    python bench/throughput.py --compress_rate "[0.]+[0.1]*3+[0.35]*16" --size 800 --json out.json --png out.png
+
+For each task the unpruned and the pruned model (``--compress_rate``, 20 ResNet-50 rates) run in eval mode under
+``inference_mode`` on random inputs: ``--warmup`` untimed calls, then ``--repeats`` timed calls per batch size,
+alternating the two models so that a change in machine load hits both; the median time gives images/s.
+Batch sizes: 1 and ``--batch-size`` (classification, 224x224) or ``--det-batch-size`` (detection, ``--size``
+squared images; ``min_size = max_size = size`` so the detector does not resize). On CUDA timings are
+synchronised and ``--amp`` (bfloat16 autocast) is optional.
+
+Both models get the same deployment (``--mode``): ``eager`` as built; ``fold`` (default) BatchNorm folded into
+the preceding convolution and channels_last; ``jit`` in addition traces and freezes the ResNet-50 (the whole
+classifier, the detector's four backbone stages) with oneDNN graph fusion on CPU. Besides wall time, the process
+CPU time of every call is recorded: on a loaded machine (load average above the core count, printed) the
+CPU-time speed-up is the steadier estimate; ``--threads 1`` avoids OpenMP threads waiting for each other there.
+For detection, a per-part CPU-time breakdown at batch 1 (resize/normalise, backbone, FPN, RPN, ROI heads) shows
+what the pruned backbone can and cannot speed up.
+
+FLOPs (multiply-accumulates): classification ``main.counting.count_complexity`` (min of thop and ptflops) at
+224; detection thop on the whole detector at ``--size`` (backbone, FPN, RPN and ROI heads; RoIAlign and NMS are
+not counted) and, separately, on backbone+FPN. The detector's random weights still produce the usual 1000 RPN
+proposals, so its box-head cost is the real one.
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as ``python bench/throughput.py``
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["get_args_parser", "time_pair", "fold_batchnorm", "deploy", "classification_models", "detection_models",
+           "detection_breakdown", "run", "main"]
+
+DEFAULT_RATE = "[0.]+[0.5]*3+[0.6]*16"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--compress_rate", "--compress-rate", "-cpr", default=DEFAULT_RATE, help="ResNet-50 rates")
+    p.add_argument("--tasks", nargs="+", default=["classification", "detection"],
+                   choices=["classification", "detection"])
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
+    p.add_argument("--batch-size", type=int, default=16, help="the larger classification batch")
+    p.add_argument("--det-batch-size", type=int, default=2, help="the larger detection batch")
+    p.add_argument("--size", type=int, default=800, help="detection input: size x size")
+    p.add_argument("--input-size", type=int, default=224, help="classification input")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per model and batch size")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per model and batch size (classification)")
+    p.add_argument("--det-repeats", type=int, default=5, help="timed calls per model and batch size (detection)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--mode", default="fold", choices=["eager", "fold", "jit"],
+                   help="deployment of both models: as built, BN folded + channels_last, or also traced (oneDNN)")
+    p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time (torchvision: 1000)")
+    p.add_argument("--no-flops", action="store_true", help="skip FLOPs counting (thop on a detector is slow)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--png", default=None, help="bar chart of images/s here")
+    return p
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pair(calls: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+              repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of ``repeats`` calls of each function, interleaved, after ``warmup`` each."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            _sync(device)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
+    return times
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm (plain or frozen) that directly follows a Conv2d among siblings into that conv.
+
+    Covers the stem, every Bottleneck (``convN``/``bnN``) and ``downsample = Sequential(conv, bn)``; the folded
+    BatchNorm becomes ``nn.Identity``. Eval mode only; returns ``module`` changed in place.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torchvision.ops import FrozenBatchNorm2d
+
+    previous: tuple[str, nn.Module] | None = None
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.BatchNorm2d, FrozenBatchNorm2d)) and previous and isinstance(previous[1], nn.Conv2d):
+            setattr(module, previous[0], fuse_conv_bn_eval(previous[1].eval(), child.eval()))
+            setattr(module, name, nn.Identity())
+        else:
+            fold_batchnorm(child)
+        previous = (name, child)
+    return module
+
+
+def _jit(module: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """Trace and freeze a tensor -> tensor module (oneDNN graph fusion on CPU)."""
+    if sample.device.type == "cpu":
+        torch.jit.enable_onednn_fusion(True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.trace(module.eval(), sample))
+
+
+def deploy(task: str, model: nn.Module, mode: str, device: torch.device, size: int) -> nn.Module:
+    """``model`` on ``device`` in eval mode, as ``--mode`` says (identical treatment for both models)."""
+    model = model.to(device).eval()
+    if mode == "eager":
+        return model
+    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    if mode == "jit":
+        x = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        if task == "classification":
+            return _jit(model, x)
+        body = model.backbone.body
+        x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            traced = _jit(getattr(body, stage), x)
+            x = traced(x)
+            setattr(body, stage, traced)
+    return model
+
+
+def classification_models(rate: str) -> dict[str, nn.Module]:
+    from models import build_model
+
+    return {"unpruned": build_model("resnet_50"), "pruned": build_model("resnet_50", rate)}
+
+
+def detection_models(rate: str, size: int, proposals: int = 1000) -> dict[str, nn.Module]:
+    from detection.models import fasterrcnn
+
+    kwargs = {"min_size": size, "max_size": size, "norm_layer": "bn", "rpn_post_nms_top_n_test": proposals}
+    torch.manual_seed(0)
+    unpruned = fasterrcnn(None, **kwargs)
+    torch.manual_seed(0)
+    return {"unpruned": unpruned, "pruned": fasterrcnn(rate, **kwargs)}
+
+
+def _thop_macs(model: nn.Module, inputs: tuple) -> int:
+    from thop import profile
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        macs, _ = profile(copy.deepcopy(model).eval(), inputs=inputs, verbose=False)
+    return int(macs)
+
+
+def _flops(task: str, models: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, Any]:
+    if args.no_flops:
+        return {}
+    if task == "classification":
+        from main.counting import count_complexity
+
+        counts = {n: count_complexity(m, args.input_size).flops for n, m in models.items()}
+        return {"flops": counts, "flops_ratio": counts["unpruned"] / counts["pruned"],
+                "flops_counter": f"min(thop, ptflops) at {args.input_size}x{args.input_size}"}
+    image = torch.rand(1, 3, args.size, args.size)
+    whole = {n: _thop_macs(m, ([image[0]],)) for n, m in models.items()}
+    backbone = {n: _thop_macs(m.backbone, (image,)) for n, m in models.items()}
+    return {"flops": whole, "flops_ratio": whole["unpruned"] / whole["pruned"],
+            "flops_counter": f"thop, whole detector at {args.size}x{args.size}",
+            "backbone_fpn_flops": backbone, "backbone_fpn_flops_ratio": backbone["unpruned"] / backbone["pruned"]}
+
+
+@torch.inference_mode()
+def detection_breakdown(model: nn.Module, image: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds of each part of a torchvision detector on one image: process-CPU time on the CPU, wall time
+    (synchronised) on CUDA."""
+    parts: dict[str, list[float]] = {k: [] for k in ("transform", "backbone", "fpn", "rpn", "roi_heads")}
+    device = image.device
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+
+    def mark() -> float:
+        _sync(device)
+        return clock()
+
+    for _ in range(repeats + 1):
+        marks = [mark()]
+        images, _ = model.transform([image])
+        marks.append(mark())
+        body = model.backbone.body(images.tensors)
+        marks.append(mark())
+        features = model.backbone.fpn(body)
+        marks.append(mark())
+        proposals, _ = model.rpn(images, features)
+        marks.append(mark())
+        model.roi_heads(features, proposals, images.image_sizes)
+        marks.append(mark())
+        for k, name in enumerate(parts):
+            parts[name].append(marks[k + 1] - marks[k])
+    return {name: statistics.median(v[1:]) for name, v in parts.items()}  # the first call is a warm-up
+
+
+def _bench_task(task: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    models = (classification_models(args.compress_rate) if task == "classification"
+              else detection_models(args.compress_rate, args.size, args.proposals))
+    result: dict[str, Any] = {"task": task, "device": str(device), "mode": args.mode, **_flops(task, models, args)}
+    cuda = device.type == "cuda"
+    size = args.input_size if task == "classification" else args.size
+    models = {name: deploy(task, m, args.mode, device, size) for name, m in models.items()}
+    fmt = torch.contiguous_format if args.mode == "eager" else torch.channels_last
+    big = args.batch_size if task == "classification" else args.det_batch_size
+    repeats = args.repeats if task == "classification" else args.det_repeats
+    result["batches"] = {}
+    for batch in sorted({1, big}):
+        if task == "classification":
+            x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        else:
+            x = [torch.rand(3, size, size, device=device) for _ in range(batch)]
+
+        def call(model: nn.Module, x: Any = x) -> Any:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.amp):
+                return model(x)
+
+        times = time_pair({n: (lambda m=m: call(m)) for n, m in models.items()}, device, args.warmup, repeats)
+        wall = {n: statistics.median(t["wall"]) for n, t in times.items()}
+        cpu = {n: statistics.median(t["cpu"]) for n, t in times.items()}
+        result["batches"][batch] = {
+            "median_wall_s": wall, "median_cpu_s": cpu, "times_s": times,
+            "images_per_s": {n: batch / s for n, s in wall.items()},
+            "speedup": wall["unpruned"] / wall["pruned"], "speedup_cpu_time": cpu["unpruned"] / cpu["pruned"],
+        }
+    if task == "detection":
+        image = torch.rand(3, size, size, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.amp):
+            result["breakdown_s"] = {n: detection_breakdown(m, image, max(1, repeats // 2)) for n, m in models.items()}
+    return result
+
+
+def _report(result: dict[str, Any]) -> str:
+    lines = [f"[{result['task']} on {result['device']}, mode {result['mode']}]"]
+    if "flops" in result:
+        f = result["flops"]
+        lines.append(f"  FLOPs ({result['flops_counter']}): unpruned {f['unpruned'] / 1e9:.2f} G, pruned "
+                     f"{f['pruned'] / 1e9:.2f} G, ratio {result['flops_ratio']:.2f}x")
+        if "backbone_fpn_flops" in result:
+            b = result["backbone_fpn_flops"]
+            lines.append(f"  FLOPs (thop, backbone+FPN only): unpruned {b['unpruned'] / 1e9:.2f} G, pruned "
+                         f"{b['pruned'] / 1e9:.2f} G, ratio {result['backbone_fpn_flops_ratio']:.2f}x")
+    ratio = result.get("flops_ratio")
+    for batch, r in result["batches"].items():
+        ips, spd, spd_cpu = r["images_per_s"], r["speedup"], r["speedup_cpu_time"]
+        of = (f" = {spd / ratio:.2f} of FLOPs ratio", f" = {spd_cpu / ratio:.2f}") if ratio else ("", "")
+        lines.append(f"  batch {batch:>3}: unpruned {ips['unpruned']:7.2f} img/s, pruned {ips['pruned']:7.2f} img/s; "
+                     f"speed-up wall {spd:.2f}x{of[0]}; CPU time {spd_cpu:.2f}x{of[1]} "
+                     f"(medians of {len(r['times_s']['pruned']['wall'])})")
+    if "breakdown_s" in result:
+        for name, parts in result["breakdown_s"].items():
+            total = sum(parts.values())
+            text = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+            clock = "wall" if result["device"].startswith("cuda") else "CPU"
+            lines.append(f"  {clock} s per image, {name:>8}: {text} (total {total:.3f})")
+        base, pruned = result["breakdown_s"]["unpruned"], result["breakdown_s"]["pruned"]
+        heads = sum(v for k, v in pruned.items() if k not in ("backbone",))
+        lines.append(f"  the pruned detector spends {heads / sum(pruned.values()):.0%} outside the backbone; with a "
+                     f"free backbone the speed-up could reach {sum(base.values()) / heads:.2f}x")
+    return "\n".join(lines)
+
+
+def _chart(results: list[dict[str, Any]], path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(results), 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, result in zip(axes, results):
+        batches = list(result["batches"])
+        xs = range(len(batches))
+        for k, name in enumerate(("unpruned", "pruned")):
+            ax.bar([x + 0.4 * k for x in xs], [result["batches"][b]["images_per_s"][name] for b in batches], 0.4,
+                   label=name)
+        ax.set_xticks([x + 0.2 for x in xs], [f"batch {b}" for b in batches])
+        title = f"{result['task']} ({result['device']})"
+        if "flops_ratio" in result:
+            title += f"\nFLOPs {result['flops_ratio']:.2f}x"
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("images / s")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark every task on every device; prints a report and returns everything measured."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    header = {"compress_rate": args.compress_rate, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "mode": args.mode,
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "load_avg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "amp": args.amp}
+    print(f"torch {header['torch']}, torch.get_num_threads() = {header['threads']}, {header['cpu_count']} CPUs, "
+          f"load average {header['load_avg_before']}, CUDA: {header['cuda']}, rate {args.compress_rate}")
+    results = []
+    for device_name in devices:
+        device = torch.device(device_name)
+        for task in args.tasks:
+            result = _bench_task(task, device, args)
+            print(_report(result), flush=True)
+            results.append(result)
+    header["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average after: {header['load_avg_after']}")
+    out = {**header, "results": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if args.png:
+        _chart(results, args.png)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(get_args_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Detection on a pruned ResNet-50: builders, data, COCO evaluation, training end to end, resume, visualisation.
+
+Everything runs on the CPU on a tiny COCO-format set drawn in a temporary directory, at 128-160 pixel images and
+with the detectors' proposal counts turned down, so the file stays fast.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+
+from data import DataNotFoundError
+from detection import train as det_train
+from detection.coco_eval import CocoEvaluator
+from detection.data import (GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups, build_dataset,
+                            check_coco_layout)
+from detection.models import ResNet50Body, fasterrcnn, keypointrcnn, maskrcnn
+from detection.tiny_coco import KEYPOINT_NAMES, make_tiny_coco
+from main.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+RATE = "[0.]+[0.5]*3+[0.6]*16"
+SMALL = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50,
+         "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16, "box_detections_per_img": 4}
+SMALL_ARGS = ["--min-size", "128", "--max-size", "160", "--box-score-thresh", "0", "--model-kwargs",
+              json.dumps(SMALL), "-j", "0", "-b", "2", "--print-freq", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_coco(tmp_path_factory.mktemp("coco") / "tiny", num_images=4)
+
+
+@pytest.fixture(scope="module")
+def backbone_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pruned ResNet-50 checkpoint as the classification code writes it (DDP prefix, fc included)."""
+    torch.manual_seed(1)
+    net = build_model("resnet_50", RATE)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "pruned_resnet50.pth.tar"
+    save_checkpoint({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3,
+                     "best_top1_acc": 12.5}, path)
+    return path
+
+
+def test_fpn_in_channels_follow_the_pruned_stages() -> None:
+    model = fasterrcnn(RATE, **SMALL)
+    assert [b[0].in_channels for b in model.backbone.fpn.inner_blocks] == [128, 256, 512, 2048]
+    assert model.backbone.out_channels == 256
+    unpruned = fasterrcnn(None)
+    assert [b[0].in_channels for b in unpruned.backbone.fpn.inner_blocks] == [256, 512, 1024, 2048]
+
+
+def test_state_dict_keys_are_torchvisions() -> None:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    ours = fasterrcnn(None)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_body_computes_what_the_classification_model_computes() -> None:
+    net = build_model("resnet_50", RATE).eval()
+    body = ResNet50Body(net).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(body(x), net.forward_features(x))
+
+
+def test_pruned_backbone_checkpoint_loads_and_freezes(backbone_ckpt: Path) -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = maskrcnn(RATE, weights_backbone=backbone_ckpt)
+    body = model.backbone.body
+    state = load_checkpoint(backbone_ckpt)["state_dict"]
+    assert torch.equal(body.layer2[1].conv2.weight, state["module.layer2.1.conv2.weight"])
+    assert isinstance(body.bn1, FrozenBatchNorm2d)  # auto: frozen BN with loaded weights
+    assert torch.equal(body.layer3[0].bn3.running_var, state["module.layer3.0.bn3.running_var"])
+    trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}  # default: the last 3 stages
+    plain = fasterrcnn(RATE, weights_backbone=backbone_ckpt, norm_layer="bn", trainable_layers=5)
+    assert isinstance(plain.backbone.body.bn1, nn.BatchNorm2d)
+    assert all(p.requires_grad for p in plain.backbone.body.parameters())
+
+
+def test_backbone_checkpoint_of_another_rate_is_a_clear_error(backbone_ckpt: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight.*shape"):
+        fasterrcnn("[0.]*20", weights_backbone=backbone_ckpt)
+
+
+def test_missing_coco_directory_says_where_files_go(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError) as info:
+        check_coco_layout(tmp_path / "coco", "train", "bbox")
+    message = str(info.value)
+    assert "\n" not in message and "instances_train2017.json" in message and "train2017" in message
+    result = subprocess.run([sys.executable, "detection/train.py", "--data-path", str(tmp_path / "coco"),
+                             "--model", "keypointrcnn", "--output-dir", str(tmp_path / "run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "person_keypoints_val2017.json" in result.stderr
+
+
+def test_tiny_coco_targets_for_every_task(tiny: Path) -> None:
+    segm = build_dataset(tiny, "train", "segm", train=False)
+    image, target = segm[2]
+    assert image.shape[0] == 3 and image.dtype == torch.float32
+    assert target["masks"].shape == (3, *image.shape[1:]) and target["masks"].sum() > 0
+    assert target["labels"].tolist() == [1, 3, 37]
+    assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
+    kps = build_dataset(tiny, "train", "keypoints", train=True)
+    _, target = kps[0]
+    assert target["keypoints"].shape == (1, len(KEYPOINT_NAMES), 3) and target["labels"].tolist() == [1]
+
+
+def test_hflip_swaps_left_and_right_keypoints() -> None:
+    kps = torch.zeros(1, 17, 3)
+    kps[0, 1] = torch.tensor([30.0, 10.0, 2])  # left eye
+    kps[0, 2] = torch.tensor([20.0, 10.0, 2])  # right eye
+    target = {"boxes": torch.tensor([[10.0, 5.0, 40.0, 50.0]]), "keypoints": kps,
+              "masks": torch.zeros(1, 60, 100, dtype=torch.uint8)}
+    image, flipped = RandomHorizontalFlip(p=1.0)(torch.rand(3, 60, 100), target)
+    assert flipped["boxes"].tolist() == [[60.0, 5.0, 90.0, 50.0]]
+    assert flipped["keypoints"][0, 1, :2].tolist() == [80.0, 10.0]  # the old right eye, mirrored
+    assert flipped["keypoints"][0, 2, :2].tolist() == [70.0, 10.0]
+    assert flipped["keypoints"][0, 0].tolist() == [0.0, 0.0, 0.0]  # invisible stays zero
+
+
+def test_grouped_batches_share_an_aspect_ratio_and_match_across_ranks() -> None:
+    ratios = [1.3, 0.7] * 7 + [1.3]
+    groups = aspect_ratio_groups(ratios, k=3)
+    assert len(set(groups)) == 2
+    batches = list(GroupedBatchSampler(SequentialSampler(ratios), groups, 2))
+    assert len(batches) == 7 and all(len(b) == 2 for b in batches)
+    assert all(len({groups[i] for i in b}) == 1 for b in batches[:6])
+    assert len({i for b in batches for i in b}) == 14
+    lengths = [len(list(GroupedBatchSampler(DistributedSampler(ratios, num_replicas=2, rank=r), groups, 2)))
+               for r in range(2)]
+    assert lengths == [4, 4]
+
+
+@pytest.mark.parametrize("task", ["bbox", "segm", "keypoints"])
+def test_evaluator_scores_ground_truth_as_perfect(tiny: Path, task: str) -> None:
+    dataset = build_dataset(tiny, "val", task, train=False)
+    iou_types = ("bbox", task) if task != "bbox" else ("bbox",)
+    evaluator = CocoEvaluator(dataset.coco, iou_types, dataset.ids)
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        output = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(len(target["labels"]))}
+        if task == "segm":
+            output["masks"] = target["masks"][:, None].float()
+        if task == "keypoints":
+            output["keypoints"] = target["keypoints"]
+        evaluator.update({target["image_id"]: output})
+    stats, text = evaluator.summarize()
+    for iou_type in iou_types:
+        assert stats[iou_type]["AP"] == pytest.approx(1.0), text
+    empty = CocoEvaluator(dataset.coco, iou_types, dataset.ids)
+    assert empty.summarize()[0]["bbox"]["AP"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["fasterrcnn", "maskrcnn", "keypointrcnn"])
+def test_detector_trains_and_evaluates_on_tiny_coco(tiny: Path, backbone_ckpt: Path, tmp_path: Path,
+                                                    model: str) -> None:
+    extra = ["--weights-backbone", str(backbone_ckpt)] if model == "keypointrcnn" else []
+    out = det_train.run_training(["--model", model, "--data-path", str(tiny), "--output-dir", str(tmp_path),
+                                  "--compress_rate", RATE, "--epochs", "1", "--limit-val", "2", *SMALL_ARGS, *extra])
+    expected = {"fasterrcnn": {"bbox"}, "maskrcnn": {"bbox", "segm"}, "keypointrcnn": {"bbox", "keypoints"}}[model]
+    assert set(out["stats"]) == expected
+    assert all(0.0 <= v["AP"] <= 1.0 for v in out["stats"].values())
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "args", "epoch"} and checkpoint["epoch"] == 0
+    assert checkpoint["args"].lr_steps == ([36, 43] if model == "keypointrcnn" else [16, 22])
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "bbox_AP" in rows[0]
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_next_epoch(tiny: Path, tmp_path: Path) -> None:
+    common = ["--model", "fasterrcnn", "--data-path", str(tiny), "--output-dir", str(tmp_path), "--compress_rate",
+              RATE, "--limit-train", "2", "--limit-val", "1", "--lr-steps", "1", "--trainable-backbone-layers", "2",
+              *SMALL_ARGS]
+    det_train.run_training([*common, "--epochs", "1"])
+    first = load_checkpoint(tmp_path / "checkpoint.pth")
+    out = det_train.run_training([*common, "--epochs", "2", "--resume"])
+    second = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert out["epoch"] == 1 and second["epoch"] == 1
+    assert first["lr_scheduler"]["last_epoch"] == 1 and second["lr_scheduler"]["last_epoch"] == 2
+    assert second["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * 0.1)
+    assert [r.split(",")[0] for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    assert (tmp_path / "model_0.pth").is_file() and (tmp_path / "model_1.pth").is_file()
+    evaluated = det_train.run_training([*common, "--test-only", "--weights", str(tmp_path / "model_1.pth")])
+    assert set(evaluated["stats"]) == {"bbox"}
+
+
+@pytest.mark.slow
+def test_visualize_writes_a_side_by_side_image(tiny: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from detection.visualize import main as visualize_main
+
+    source = tiny / "val2017" / "000000000001.png"
+    out = tmp_path / "side_by_side.png"
+    small = ["--min-size", "128", "--max-size", "160", "--device", "cpu", "--proposals", "20"]
+    assert visualize_main(["--image", str(source), "--compress_rate", RATE, "--out", str(out), "--score-thresh", "0",
+                           *small]) == 0
+    with Image.open(source) as original, Image.open(out) as drawn:
+        assert drawn.width == 2 * original.width + 4 and drawn.height == original.height
+    frames = tmp_path / "frames.gif"
+    assert visualize_main(["--video", str(tiny / "val2017"), "--max-frames", "2", "--compress_rate", RATE, "--out",
+                           str(frames), *small]) == 0
+    with Image.open(frames) as gif:
+        assert gif.n_frames == 2
