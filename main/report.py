@@ -173,7 +173,11 @@ def _finetune_dirs(root: Path) -> dict[Path, Path]:
             Path.cwd() / pretrained, args_path.parent / pretrained]
         for candidate in candidates:
             if candidate.exists():
-                out[candidate.resolve()] = args_path.parent
+                key = candidate.resolve()
+                previous = out.get(key)
+                # Several fine-tunings of one checkpoint (e.g. a stale one moved aside): the newest wins.
+                if previous is None or args_path.stat().st_mtime >= (previous / "args.json").stat().st_mtime:
+                    out[key] = args_path.parent
                 break
     return out
 
@@ -402,9 +406,8 @@ def render_markdown(runs: Sequence[Run], root: Path | None = None) -> str:
                       f"{_size(f, big)}({100 * (1 - f / bf):.1f})", _rel(f / 1e6, row.flops_m),
                       _run_label(run, root) + (f" +{len(found) - 1} more" if len(found) > 1 else "")]
             lines.append("| " + " | ".join(cells) + " |")
-        counters = sorted({base.counter} | {row.counter for row in rows})
-        lines += ["", f"Counters: baseline `{base.counter}`; rows " + ", ".join(
-            f"{_label(row, duplicates)} `{row.counter}`" for row in rows) + f" (of {', '.join(counters)}). "
+        lines += ["", f"Counters: baseline `{base.counter}`; " + ", ".join(
+            f"{_label(row, duplicates)} `{row.counter}`" for row in rows) + ". "
             f"Scripts: `scripts/{arch}/`; the paper's data set: {_dataset_title(arch)}.", ""]
 
     lines += _ablation_markdown(runs)

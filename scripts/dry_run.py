@@ -7,11 +7,12 @@ ResNet-50 ranks (``scripts/generate_rank_resnet50.sh``), every row script, and a
 (``scripts/ablation.sh`` on ResNet-56: cosine with K in {1, 2}). One row (``TORCHRUN_ROW``) fine-tunes with
 ``GPUS=2``, i.e. torchrun with the gloo backend on CPU. Independent scripts run ``--jobs`` at a time, each
 single-threaded. Each script's output goes to ``<out>/logs/<name>.txt``; the runs to ``<out>/runs/``; the report
-(``main/report.py``) to ``<out>/results/``. ``tests/test_scripts.py`` and ``tests/test_report.py`` use this.
+(``main/report.py``) to ``<out>/results/``; each script's time and exit status to ``<out>/timings.json``. ``tests/test_scripts.py`` and ``tests/test_report.py`` use this.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -155,6 +156,10 @@ def run_all(out: str | os.PathLike, *, jobs: int = 2, only: list[str] | None = N
     pending.sort(key=lambda pair: weight.get(pair[0].name.split("/")[0], 9))
     _parallel(pending, jobs)
 
+    timings = {item.name: {"seconds": round(item.seconds, 1), "returncode": item.returncode}
+               for item in [*baselines.values(), *([ranks] if ranks else []), *row_runs.values(),
+                            *([ablation_run] if ablation_run else [])]}
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     report_proc = None
     if report:
         report_proc = subprocess.run([sys.executable, "main/report.py", "--job_dir", str(runs), "--out",

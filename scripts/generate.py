@@ -41,6 +41,7 @@ class Recipe:
     lr_decay_step: str | None = None
     calib_epochs: int = 100      # K-shot calibration epochs in all (ceil(calib/K) per shot; none when K == 1)
     prune_batch: int = 256       # pruning runs in one process: calibration and evaluation batch
+    workers: int | None = None   # ImageNet data-loading processes per GPU (the paper's 8)
 
 
 # The clean snapshot's main/cifar10.py (= HEAD's main_lr.py) with the 400 epochs of its level scripts:
@@ -49,7 +50,7 @@ CIFAR = Recipe("cifar10", "cifar", epochs=400, lr=0.01, lr_type="cos", momentum=
 # The clean snapshot's main/imagenet.py (= HEAD's evaluate.py): SGD lr 0.01, momentum 0.99, weight decay 1e-4,
 # batch 512, 200 epochs, cosine with 5 warm-up epochs, label smoothing 0.1 on the train loss.
 IMAGENET = Recipe("imagenet", "imagenet", epochs=200, lr=0.01, lr_type="cos", momentum=0.99, weight_decay=1e-4,
-                  batch=512, label_smooth=0.1, calib_epochs=10)
+                  batch=512, label_smooth=0.1, calib_epochs=10, workers=8)
 
 RECIPES: dict[str, Recipe] = {
     "vgg_16_bn": CIFAR,
@@ -166,10 +167,11 @@ def render_row(row: PaperRow) -> str:
     else:
         lines += [f"# K-shot: K rounds at rates r/K, r/(K-1), ..., r; ceil({recipe.calib_epochs}/K) calibration "
                   "epochs after each", "# (none when K = 1). Pruning runs in one process (the first GPU)."]
+    workers = f" --workers {recipe.workers}" if recipe.workers else ""
     lines += [
         'coring_prune --compress_rate "$COMPRESS_RATE" --criterion "$CRITERION" --strategy min_sum --shot "$SHOT" \\',
         f"    --calib_epochs {recipe.calib_epochs} --calib_lr {_num(recipe.lr)} "
-        f"--calib_weight_decay {_num(recipe.weight_decay)} --batch_size {recipe.prune_batch}",
+        f"--calib_weight_decay {_num(recipe.weight_decay)} --batch_size {recipe.prune_batch}{workers}",
         "",
         f"# Fine-tuning: {recipe.epochs} epochs, SGD lr {_num(recipe.lr)} momentum {_num(recipe.momentum)} "
         f"weight decay {_num(recipe.weight_decay)}, global batch {recipe.batch},",
@@ -187,7 +189,7 @@ def render_row(row: PaperRow) -> str:
     lines += [
         f"    {sched_flags} --momentum {_num(recipe.momentum)} --weight_decay {_num(recipe.weight_decay)} "
         f"--label_smooth {_num(recipe.label_smooth)} \\",
-        '    --batch_size "$BATCH"',
+        f'    --batch_size "$BATCH"{workers}',
         "",
     ]
     return "\n".join(lines)

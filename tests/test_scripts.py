@@ -146,7 +146,7 @@ def test_several_nodes_run_srun_torchrun_with_a_c10d_rendezvous(tmp_path, fake_p
     (call,) = record.read_text().splitlines()
     assert call.startswith(f"srun --nodes 2 --ntasks-per-node 1 {fake} -m torch.distributed.run --nnodes 2 "
                            "--nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node1:29500")
-    assert call.endswith("--batch_size 32")  # 512 over 16 processes
+    assert call.endswith("--batch_size 32 --workers 8")  # 512 over 16 processes
 
 
 def test_slurm_batch_script_wraps_the_row_script_with_the_first_node_as_rendezvous(tmp_path, fake_python):
@@ -167,6 +167,29 @@ def test_slurm_batch_script_wraps_the_row_script_with_the_first_node_as_rendezvo
     (call,) = record.read_text().splitlines()
     assert "--nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint gpu-a:29500" in call
     assert call.endswith("--batch_size 32")
+
+
+def test_a_job_dir_holding_another_pruning_is_refused(tmp_path):
+    job, pretrain = _prepared_job(tmp_path)
+    (job / "prune" / "prune_summary.json").write_text(json.dumps(
+        {"criterion": "VBD_dis", "shot": 5, "compress_rate": "[0.]+[0.18]*29"}))
+    proc = subprocess.run(["bash", "scripts/resnet_56/e5.sh"], cwd=REPO, capture_output=True, text=True,
+                          env=_script_env(PYTHON=sys.executable, JOB_DIR=str(job), PRETRAIN=str(pretrain)))
+    assert proc.returncode == 2 and "holds another pruning than criterion Euclide_dis, K 5" in proc.stderr
+
+
+def test_force_prune_moves_the_old_fine_tuning_aside(tmp_path, fake_python):
+    fake, record = fake_python
+    job, pretrain = _prepared_job(tmp_path)
+    (job / "finetune").mkdir()
+    (job / "finetune" / "checkpoint.pth.tar").write_bytes(b"x")
+    proc = subprocess.run(["bash", "scripts/resnet_56/e5.sh"], cwd=REPO, capture_output=True, text=True,
+                          env=_script_env(PYTHON=str(fake), JOB_DIR=str(job), PRETRAIN=str(pretrain), FORCE_PRUNE="1"))
+    assert proc.returncode == 0, proc.stderr
+    prune_call, finetune_call = record.read_text().splitlines()
+    assert "main/prune.py" in prune_call and "main/finetune.py" in finetune_call
+    (stale,) = job.glob("finetune.stale-*")
+    assert (stale / "checkpoint.pth.tar").is_file() and not (job / "finetune").exists()
 
 
 @pytest.mark.parametrize("env, message", [

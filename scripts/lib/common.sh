@@ -15,7 +15,8 @@
 #               one-epoch baseline is then trained first (into DRY_RUN_BASELINE, default JOB_DIR/dry_run_baseline)
 #   PYTHON      interpreter (default <repo>/.venv/bin/python when it exists, else python3)
 #   FORCE_PRUNE=1  prune again even if JOB_DIR/prune/pruned.pth.tar exists (by default a re-run, e.g. after a
-#               Slurm requeue, keeps the pruned model and resumes fine-tuning from JOB_DIR/finetune)
+#               Slurm requeue, keeps the pruned model and resumes fine-tuning from JOB_DIR/finetune; the
+#               fine-tuning of a replaced pruning is moved to JOB_DIR/finetune.stale-<date>)
 #
 # The batch sizes written in the scripts are global (the paper's); under torchrun each process gets
 # batch / (GPUS * NNODES), so the learning rate needs no rescaling.
@@ -157,11 +158,27 @@ coring_prune() {
         source="$link"
     fi
     if [[ -f "$JOB_DIR/prune/pruned.pth.tar" && "${FORCE_PRUNE:-0}" != 1 ]]; then
+        if [[ -f "$JOB_DIR/prune/prune_summary.json" ]]; then  # the same pruning, not another row's?
+            "$PYTHON" - "$JOB_DIR/prune/prune_summary.json" "$CRITERION" "$SHOT" "$COMPRESS_RATE" <<'PY' ||
+import json, sys
+summary = json.load(open(sys.argv[1]))
+found = (summary.get("criterion"), str(summary.get("shot")), summary.get("compress_rate"))
+sys.exit(0 if found == tuple(sys.argv[2:5]) else f"{sys.argv[1]}: criterion, K, rate = {found}")
+PY
+            coring_die "$JOB_DIR/prune holds another pruning than criterion $CRITERION, K $SHOT, rate $COMPRESS_RATE; \
+use another JOB_DIR, or FORCE_PRUNE=1 to replace it"
+        fi
         echo "$JOB_DIR/prune/pruned.pth.tar exists: not pruning again (FORCE_PRUNE=1 to redo)" >&2
         return
     fi
     coring_run "$PYTHON" "$CORING_REPO/main/prune.py" --arch "$ARCH" --pretrain_dir "$source" \
         --dataset "$DATASET" --data_dir "$DATA_DIR" --job_dir "$JOB_DIR/prune" "$@" "${DRY_PRUNE[@]}"
+    # A fine-tuning of an earlier pruning must not be resumed with the new one: move it aside.
+    if [[ -e "$JOB_DIR/finetune/checkpoint.pth.tar" ]]; then
+        local stale="$JOB_DIR/finetune.stale-$(date +%Y%m%d-%H%M%S)"
+        mv "$JOB_DIR/finetune" "$stale"
+        echo "moved the fine-tuning of the previous pruning to $stale" >&2
+    fi
 }
 
 # coring_finetune ARGS...: fine-tune JOB_DIR/prune/pruned.pth.tar into JOB_DIR/finetune (resumable).

@@ -23,10 +23,10 @@ BATCH="$(coring_batch 512)"
 # Ranks: cached beside PRETRAIN, or precomputed by scripts/generate_rank_resnet50.sh (RANK_DIR).
 # One shot, so no calibration; pruning runs in one process (the first GPU).
 coring_prune --compress_rate "$COMPRESS_RATE" --criterion "$CRITERION" --strategy min_sum --shot "$SHOT" \
-    --calib_epochs 10 --calib_lr 0.01 --calib_weight_decay 1e-4 --batch_size 256
+    --calib_epochs 10 --calib_lr 0.01 --calib_weight_decay 1e-4 --batch_size 256 --workers 8
 
 # Fine-tuning: 200 epochs, SGD lr 0.01 momentum 0.99 weight decay 1e-4, global batch 512,
 # cosine with 5 warm-up epochs, label smoothing 0.1; torchrun when GPUS > 1.
 coring_finetune --recipe imagenet --epochs 200 --lr 0.01 --lr_type cos \
     --warmup_epochs 5 --momentum 0.99 --weight_decay 1e-4 --label_smooth 0.1 \
-    --batch_size "$BATCH"
+    --batch_size "$BATCH" --workers 8
