@@ -81,7 +81,10 @@ def run_prune(args: argparse.Namespace) -> dict:
             result = prune(model, args.arch, rates, args.criterion, args.strategy, seed=args.rank_seed,
                            cache=cache if shot == 0 else None, num_classes=num_classes)
             if cache is not None and shot == 0:
-                cache.save()
+                try:
+                    cache.save()
+                except OSError as error:  # a read-only checkpoint folder must not stop the run
+                    log.warning("could not write the rank cache %s: %s", cache.path, error)
             model, keep = result.model, result.keep
             log.info("shot %d/%d: ranked and slimmed in %.2f s", shot + 1, args.shot, time.perf_counter() - start)
             if calib_epochs:

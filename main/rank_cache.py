@@ -1,8 +1,8 @@
 """A per-model file of filter saliencies, reused while nothing that determines them has changed.
 
 One cache file per model (conventionally ``<checkpoint>.ranks.pt``, see :meth:`RankCache.for_checkpoint`)
-maps each group name to the criterion, strategy and seed used, a SHA-256 of the group's weights and the
-saliency. :meth:`RankCache.get` returns the stored saliency only if all of these match; otherwise the caller
+maps each (group name, criterion, strategy, seed) to a SHA-256 of the group's weights and the saliency, so the
+ranks of several criteria live side by side. :meth:`RankCache.get` returns the stored saliency only if all of these match; otherwise the caller
 recomputes and :meth:`RankCache.put` replaces the entry. The file is written atomically (temporary file in the
 same directory, then ``os.replace``) and read with ``torch.load(weights_only=True)``.
 """
@@ -23,7 +23,7 @@ from main.rank import canonical_criterion, canonical_strategy, rank_groups
 
 __all__ = ["RankCache", "weights_hash"]
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def weights_hash(weights: Sequence[Tensor]) -> str:
@@ -80,7 +80,11 @@ class RankCache:
         return len(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return any(key.split("|", 1)[0] == name for key in self._entries)
+
+    @staticmethod
+    def _entry_name(name: str, criterion: str, strategy: str, seed: int) -> str:
+        return f"{name}|{canonical_criterion(criterion)}|{canonical_strategy(strategy)}|{int(seed)}"
 
     @staticmethod
     def _key(weights: Sequence[Tensor], criterion: str, strategy: str, seed: int) -> dict:
@@ -98,7 +102,7 @@ class RankCache:
 
         Returns a copy on the device of the group's first weight, or None (a miss).
         """
-        entry = self._entries.get(name)
+        entry = self._entries.get(self._entry_name(name, criterion, strategy, seed))
         if entry is None:
             return None
         key = self._key(weights, criterion, strategy, seed)
@@ -113,7 +117,7 @@ class RankCache:
         """Store (or replace) the saliency of group ``name``; call :meth:`save` to write the file."""
         entry = self._key(weights, criterion, strategy, seed)
         entry["saliency"] = saliency.detach().to("cpu", torch.float64).clone()
-        self._entries[name] = entry
+        self._entries[self._entry_name(name, criterion, strategy, seed)] = entry
         self.dirty = True
 
     def rank_groups(

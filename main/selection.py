@@ -60,24 +60,16 @@ def select_channels(model: nn.Module, layout: ChannelLayout, dst_widths: Mapping
         scored = [conv for name in unit for conv in layout.group(name).scored]
         to_rank.append((unit, [modules[conv].weight.detach() for conv in scored]))
 
+    names = ["+".join(unit) for unit, _ in to_rank]
+    groups = [weights for _, weights in to_rank]
+    if cache is not None:
+        ranked = cache.rank_groups(groups, names, criterion, strategy, seed=seed) if groups else []
+    else:
+        ranked = rank_groups(groups, criterion, strategy, seed=seed, names=names) if groups else []
     saliencies: dict[str, torch.Tensor] = {}
-    pending = []
-    for unit, weights in to_rank:
-        cached = cache.get(unit[0], weights, criterion, strategy, seed) if cache is not None else None
-        if cached is not None:
-            saliencies[unit[0]] = cached
-        else:
-            pending.append((unit, weights))
-    if pending:
-        computed = rank_groups([w for _, w in pending], criterion, strategy, seed=seed,
-                               names=["+".join(unit) for unit, _ in pending])
-        for (unit, weights), saliency in zip(pending, computed):
-            saliencies[unit[0]] = saliency.cpu()
-            if cache is not None:
-                cache.put(unit[0], weights, criterion, strategy, seed, saliency.cpu())
-    for unit, _ in to_rank:
-        kept = select_from_saliency(saliencies[unit[0]], dst_widths[unit[0]]).cpu()
+    for (unit, _), saliency in zip(to_rank, ranked):
+        kept = select_from_saliency(saliency, dst_widths[unit[0]]).cpu()
         for name in unit:
             keep[name] = kept
-            saliencies[name] = saliencies[unit[0]]
+            saliencies[name] = saliency.cpu()
     return keep, saliencies

@@ -56,7 +56,17 @@ def test_cache_file_reloads_and_is_written_atomically(tmp_path, weights) -> None
     reloaded = RankCache(path)
     assert len(reloaded) == 1 and "conv" in reloaded
     assert torch.equal(reloaded.get("conv", weights[:1], "cosine_sim", "sum", 3), torch.linspace(0, 1, 16).double())
-    assert torch.load(path, weights_only=True)["entries"]["conv"]["hash"] == weights_hash(weights[:1])
+    assert torch.load(path, weights_only=True)["entries"]["conv|cosine_sim|sum|3"]["hash"] == weights_hash(weights[:1])
+
+
+def test_ranks_of_several_criteria_live_side_by_side(tmp_path, weights) -> None:
+    cache = RankCache(tmp_path / "r.pt")
+    cache.put("conv", weights, "vbd", "min_sum", 0, torch.zeros(16))
+    cache.put("conv", weights, "cosine", "min_sum", 0, torch.ones(16))
+    cache.save()
+    reloaded = RankCache(tmp_path / "r.pt")
+    assert torch.equal(reloaded.get("conv", weights, "VBD_dis", "min_sum", 0), torch.zeros(16, dtype=torch.float64))
+    assert torch.equal(reloaded.get("conv", weights, "cosine_sim", "min_sum", 0), torch.ones(16, dtype=torch.float64))
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path, weights) -> None:
