@@ -148,7 +148,8 @@ def write_markdown(results: list[dict[str, Any]], path: Path, args: argparse.Nam
         "FLOPs are multiply-accumulates by `torch_pruning.utils.count_ops_and_params` at the input size shown. "
         "\"Reload\" is the saved checkpoint read with `torch.load(weights_only=True)`, rebuilt by "
         "`main.generic.rebuild_from_checkpoint` (pruning history replayed), outputs compared with the pruned "
-        "model's: `exact` means bitwise equal. Times are on 2 shared CPU cores.",
+        "model's: `exact` means bitwise equal. \"prune s\" is the time of `main.generic.prune_generic` (tracing, "
+        f"ranking, surgery) on {args.threads} torch thread(s) of a shared 2-core CPU.",
         "",
         f"{len(ok)} pruned, {len(bad)} failed, {len(skipped)} skipped (not CNNs).",
         "",

@@ -14,7 +14,7 @@ from main.generic import (GenericModelError, NOT_CNN_PREFIXES, count_ops, load_u
                           rebuild_from_checkpoint, save_generic)
 
 FAST = ["resnet18", "mobilenet_v3_small", "densenet121", "efficientnet_b0", "regnet_x_400mf", "googlenet",
-        "squeezenet1_0", "mnasnet0_5"]  # mnasnet: its state dict must keep its version metadata
+        "squeezenet1_0", "mnasnet0_5", "inception_v3"]  # mnasnet: its state dict keeps version metadata
 INPUT_SIZE = {"inception_v3": 80}  # its stem needs >= 75 pixels
 TRACER_FAILS = ("shufflenet_v2",)  # Torch-Pruning 1.6.1 cannot trace channel_shuffle's 5-D view
 ALL = torchvision.models.list_models(module=torchvision.models)
