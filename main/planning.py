@@ -18,7 +18,7 @@ def plan_compression(arch: str, compress_rate: str | list[float] | None) -> dict
     layout = channel_layout(base)
     base_widths, slim_widths = layout.widths(base), channel_layout(slim).widths(slim)
     widths = [{"group": g.name, "rate_index": g.rate_index,
-               "rate": rates[g.rate_index] if g.rate_index is not None else None,
+               "rate": _rate_of(rates, g.rate_index),
                "original": base_widths[g.name], "pruned": slim_widths[g.name]} for g in layout.groups]
     base_c = count_complexity(base, spec.input_size)
     slim_c = count_complexity(slim, spec.input_size)
@@ -36,6 +36,13 @@ def plan_compression(arch: str, compress_rate: str | list[float] | None) -> dict
         "widths": widths,
     }
     return result
+
+
+def _rate_of(rates: list[float], index: int | None) -> float | None:
+    """The rate that sets a group; entries past the list are 0 (VGG's 13th conv under the paper's 12 rates)."""
+    if index is None:
+        return None
+    return rates[index] if index < len(rates) else 0.0
 
 
 def _millions(value: int) -> str:

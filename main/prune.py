@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as ``python main/prune.py``
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -114,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from data import DataNotFoundError
+    from main.checkpoint import CheckpointError
+
+    try:
+        return _dispatch(parser, args)
+    except (CheckpointError, DataNotFoundError, ValueError) as error:  # CompressRateError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.random_rank:
         args.criterion = "random"
     if args.model is not None:
