@@ -147,11 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations of each loop first")
     parser.add_argument("--log_every", type=int, default=10, help="fine-tuning loop's log interval")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a shared machine 1 thread is far less "
+                             "sensitive to other processes than 2 (an OpenMP team stalls when one thread is preempted)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     if args.iters < 1 or args.rounds < 1 or args.batch_size < 1:
         parser.error("--iters, --rounds and --batch_size must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
