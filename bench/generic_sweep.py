@@ -1,6 +1,6 @@
 """Prune every torchvision classification model with CORING through Torch-Pruning; write docs/generic_models.md.
 
-    python bench/generic_sweep.py                          # the whole sweep (hours on 2 CPU cores), resumable
+    python bench/generic_sweep.py                          # the whole sweep (~30 min on 2 CPU cores), resumable
     python bench/generic_sweep.py --models resnet18,mobilenet_v2 --out /tmp/sweep.md
     python bench/generic_sweep.py --one resnet18           # one model, one JSON line (what the sweep runs)
 
