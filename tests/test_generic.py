@@ -195,7 +195,8 @@ def test_vgg16_generic_and_builtin_paths_keep_the_same_filters(criterion, strate
     assert sorted(kept) == sorted(layers)
     for name in layers:
         assert kept[name] == builtin.keep[name].tolist(), name
-    assert getattr(pruned.features, f"conv{CONV_POSITIONS[-1]}").out_channels == 512  # the 13th conv keeps its filters, as in the paper
+    last = getattr(pruned.features, f"conv{CONV_POSITIONS[-1]}")
+    assert last.out_channels == 512  # the 13th conv keeps its filters, as in the paper
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), builtin.model.eval()(x), rtol=1e-5, atol=1e-5)
 

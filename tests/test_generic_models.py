@@ -1,8 +1,8 @@
 """Every torchvision classification CNN prunes at 30% of its channels with CORING, saves and reloads exactly.
 
 A representative subset runs by default (residual, depthwise + squeeze-excitation, dense concatenation, grouped
-convs, inception concatenation, a conv classifier). The whole list takes ~17 minutes on two CPU cores: it runs with
-``CORING_GENERIC_SWEEP=1`` (``bench/generic_sweep.py`` runs the same check and writes docs/generic_models.md).
+convs, inception concatenation, a conv classifier). The whole list takes ~17 minutes on two CPU cores: it runs
+with ``CORING_GENERIC_SWEEP=1`` (``bench/generic_sweep.py`` runs the same check and writes docs/generic_models.md).
 """
 import os
 
@@ -60,7 +60,8 @@ def test_torchvision_cnn_prunes_saves_and_reloads(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SWEEP, reason="~17 min on 2 CPU cores: set CORING_GENERIC_SWEEP=1 (results in docs/generic_models.md)")
+@pytest.mark.skipif(not SWEEP, reason="~17 min on 2 CPU cores: set CORING_GENERIC_SWEEP=1 "
+                                      "(results in docs/generic_models.md)")
 @pytest.mark.parametrize("name", [n for n in ALL if n not in FAST])
 def test_every_torchvision_classification_model(name, tmp_path):
     if name.startswith(NOT_CNN_PREFIXES):
