@@ -78,8 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The fine-tuning parser: the shared groups of ``main.cli`` plus the fine-tuning options."""
     parser = argparse.ArgumentParser(
-        description="Fine-tune a pruned network (the paper's CIFAR and ImageNet recipes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Fine-tune a pruned network (the paper's CIFAR and ImageNet recipes).")
     add_model_args(parser, require_arch=False)
     add_data_args(parser)
     add_device_args(parser)
