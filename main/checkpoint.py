@@ -18,6 +18,8 @@ torchvision-reference dicts with a ``'model'`` key, ``module.`` prefixes of Data
 
 from __future__ import annotations
 
+import collections
+
 import argparse
 import contextlib
 import os
@@ -192,7 +194,11 @@ def load_weights(model: nn.Module, source: str | Path | Mapping) -> dict:
     obj = load_checkpoint(source) if isinstance(source, (str, Path)) else source
     state = extract_state_dict(obj)
     target = _unwrap(model)
-    _check_fits(target.state_dict(), state)
+    model_state = target.state_dict()
+    _check_fits(model_state, state)
+    # Module versions (e.g. torchvision's MNASNet) are read from ``_metadata``: keep the model's own.
+    state = collections.OrderedDict(state)
+    state._metadata = getattr(model_state, "_metadata", None)  # type: ignore[attr-defined]
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied

@@ -213,7 +213,6 @@ def run_finetune(args: argparse.Namespace, model: nn.Module | None = None) -> di
     """
     preexisting_group = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist_info = init_distributed(args.device)
-    device = dist_info.device
     job_dir = Path(args.job_dir)
     if dist_info.is_main:
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -361,7 +360,8 @@ def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo,
                      "last_top5_acc": result.top5, "optimizer": optimizer.state_dict(),
                      "lr_scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
                      "args": _args_record(args), "arch": arch, "compress_rate": compress_rate,
-                     "num_classes": loaders.info.num_classes, "dataset": args.dataset}
+                     "num_classes": loaders.info.num_classes, "dataset": args.dataset,
+                     **({"generic": meta["generic"]} if "generic" in meta else {})}
             save_checkpoint(state, ckpt_path)
             if is_best:
                 _atomic_copy(ckpt_path, best_path)

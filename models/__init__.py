@@ -27,7 +27,14 @@ def channel_layout(model: nn.Module, arch: str | None = None) -> ChannelLayout:
 
 def model_from_checkpoint(checkpoint: dict, arch: str | None = None, compress_rate: str | None = None,
                           num_classes: int | None = None) -> nn.Module:
-    """Build the model a checkpoint needs: CLI values win, else what the checkpoint recorded."""
+    """Build the model a checkpoint needs: CLI values win, else what the checkpoint recorded.
+
+    Checkpoints of networks pruned through ``prune.py --model`` (any CNN) are rebuilt from their record.
+    """
+    if "generic" in checkpoint:  # written by main.generic.save_generic
+        from main.generic import rebuild_from_checkpoint
+
+        return rebuild_from_checkpoint(checkpoint)
     arch = arch or checkpoint.get("arch")
     if arch is None:
         raise ValueError("the checkpoint does not record its architecture; pass --arch")

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import models
 from main.generic import (GenericModelError, count_ops, load_state_strict, load_user_model, prune_generic,
                           rebuild_from_checkpoint, save_generic)
 from main.prune import prune
@@ -216,18 +215,10 @@ def test_vgg16_layer_by_layer_ranking_would_differ():
 
 # ---------------------------------------------------------------------------------------------- command line
 @pytest.mark.slow
-def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp_path, monkeypatch, capsys):
+def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp_path, capsys):
     """prune.py --model writes pruned.pth.tar; finetune.py and test.py read it through model_from_checkpoint."""
     from main import finetune, prune as prune_cli, test as test_cli
 
-    original = models.model_from_checkpoint
-
-    def dispatch(checkpoint, *args, **kwargs):  # the wiring asked of models.model_from_checkpoint
-        if "generic" in checkpoint:
-            return rebuild_from_checkpoint(checkpoint)
-        return original(checkpoint, *args, **kwargs)
-
-    monkeypatch.setattr(models, "model_from_checkpoint", dispatch)
     job = tmp_path / "prune"
     assert prune_cli.main(["--model", f"{user_file}:TinyNet", "--flops_target", "0.3", "--dataset", "digits",
                            "--job_dir", str(job), "--device", "cpu", "--bn_recalib", "64", "--limit_test", "64",
@@ -243,6 +234,11 @@ def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp
         pretrained=str(ckpt), dataset="digits", epochs=1, batch_size=64, job_dir=str(tmp_path / "ft"),
         device="cpu", limit_train=128, limit_test=64, progress=False, lr_type="cos", warmup_epochs=0))
     assert summary["final_top1"] is not None
+    resumed = torch.load(tmp_path / "ft" / "model_best.pth.tar", weights_only=True)
+    assert resumed["generic"] == saved["generic"]  # fine-tuned checkpoints rebuild too
+    assert test_cli.main(["--model_path", str(tmp_path / "ft" / "model_best.pth.tar"), "--dataset", "digits",
+                          "--device", "cpu", "--limit_test", "64", "--job_dir", str(tmp_path / "test2"),
+                          "--no_progress"]) == 0
 
 
 def test_cli_loads_pretrained_weights_strictly(user_file, tmp_path, capsys):
