@@ -5,13 +5,12 @@ cr[14..25] dense 2, cr[26] transition 2, cr[27..38] dense 3.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from main.compress import kept_width
+from models.init import he_normal_init
 from models.layout import ChannelLayout, LayoutBuilder
 from models.registry import register_model
 
@@ -61,12 +60,7 @@ class DenseNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
+        he_normal_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dense1(self.conv1(x))

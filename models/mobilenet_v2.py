@@ -5,12 +5,11 @@ its (possibly pruned) input width times t, so it shrinks with the previous stage
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from main.compress import kept_width
+from models.init import he_normal_init
 from models.layout import ChannelLayout, LayoutBuilder
 from models.registry import register_model
 
@@ -53,15 +52,7 @@ class MobileNetV2(nn.Module):
                                       nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(LAST_WIDTH, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        he_normal_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).mean(3).mean(2)

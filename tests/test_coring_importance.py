@@ -10,13 +10,7 @@ from main.coring_importance import CoringImportance, ranks_from_saliency, scored
 from main.rank import group_saliency, select_from_saliency
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on two shared cores, torch's default threads oversubscribe (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Residual(nn.Module):

@@ -21,13 +21,7 @@ ALL = torchvision.models.list_models(module=torchvision.models)
 SWEEP = os.environ.get("CORING_GENERIC_SWEEP") == "1"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on two shared cores, torch's default threads oversubscribe (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check_model(name: str, tmp_path) -> None:
