@@ -14,6 +14,8 @@ wrapper has ``set_epoch(e)`` and yields batches already on the device (channels_
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -245,29 +247,12 @@ def build_dataset_loaders(
     val_tf = eval_transform(crop, mean=mean, std=std)
     train_tf = train_transform(crop, mean, std) if train_augment else val_tf
     val_set = _limited(make_val(val_tf), limit_test)
-    test = EpochDataLoader(
-        val_set,
-        eval_batch_size or batch_size,
-        device=device,
-        shuffle=False,
-        workers=workers,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-    )
+    make_loader = functools.partial(EpochDataLoader, device=device, workers=workers, seed=seed, rank=rank,
+                                    world_size=world_size)
+    test = make_loader(val_set, eval_batch_size or batch_size, shuffle=False)
 
     def train_factory() -> EpochDataLoader:
-        train_set = _limited(make_train(train_tf), limit_train)
-        return EpochDataLoader(
-            train_set,
-            batch_size,
-            device=device,
-            shuffle=True,
-            workers=workers,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        return make_loader(_limited(make_train(train_tf), limit_train), batch_size, shuffle=True)
 
     return LazyLoader(train_factory), test
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 __all__ = [
     "add_model_args", "add_data_args", "add_device_args", "add_rank_args", "add_optim_args",
-    "add_output_args", "resolve_device", "ensure_repo_on_path", "REPO_ROOT",
+    "add_output_args", "resolve_device", "run_reporting_errors", "ensure_repo_on_path", "REPO_ROOT",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,21 @@ def add_output_args(parser: argparse.ArgumentParser, *, job_dir: str = "pruned_m
     group.add_argument("--job_dir", default=job_dir, help="where logs and checkpoints go")
     group.add_argument("--resume", action="store_true", help="continue from <job_dir>/checkpoint.pth.tar")
     return group
+
+
+def run_reporting_errors(body: Callable[..., Any], *args: Any) -> int:
+    """Run an entry point's body; bad input (a missing file or directory, a checkpoint that does not fit, a
+    malformed value) becomes one ``error: ...`` line on stderr and exit status 2. Returns the body's int status
+    (0 when it returns anything else)."""
+    from data import DataNotFoundError
+    from main.checkpoint import CheckpointError
+
+    try:
+        status = body(*args)
+    except (CheckpointError, DataNotFoundError, FileNotFoundError, ValueError) as error:  # CompressRateError too
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:

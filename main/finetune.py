@@ -50,14 +50,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import DataNotFoundError, build_loaders
+from data import build_loaders
 from main.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from main.cli import add_data_args, add_device_args, add_model_args, add_optim_args, add_output_args
-from main.compress import CompressRateError
 from main.distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, unwrap, wrap_ddp)
 from main.engine import (NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch)
 from main.run_logging import RunLogger, plot_curves, write_json
 from main.schedule import build_schedule
+from models import num_outputs
 
 __all__ = ["RECIPES", "build_parser", "parse_args", "make_args", "run_finetune", "main", "CHECKPOINT_NAME",
            "BEST_NAME"]
@@ -269,7 +269,7 @@ def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo,
     compress_rate = args.compress_rate if args.compress_rate is not None else meta.get("compress_rate")
     if isinstance(compress_rate, (list, tuple)):
         compress_rate = [float(r) for r in compress_rate]
-    num_classes = _num_outputs(model)
+    num_classes = num_outputs(model)
     if num_classes is not None and num_classes != loaders.info.num_classes:
         raise ValueError(f"the model has {num_classes} outputs but {args.dataset} has {loaders.info.num_classes} "
                          "classes; pass --num_classes or a matching checkpoint")
@@ -388,26 +388,14 @@ def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo,
     return summary
 
 
-def _num_outputs(model: nn.Module) -> int | None:
-    """out_features of the last Linear layer (None when there is none)."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    return last.out_features if last is not None else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    from main.cli import run_reporting_errors
+
     try:
-        run_finetune(args)
+        return run_reporting_errors(run_finetune, parse_args(argv))
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (CheckpointError, DataNotFoundError, CompressRateError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -563,29 +563,17 @@ def _table(before: Any, after: Any) -> list[str]:
     return rows
 
 
-def run_generic_prune(args: argparse.Namespace) -> int:
+def run_generic_prune(args: argparse.Namespace) -> dict:
     """``main/prune.py --model ...``: load, prune to the target, evaluate, count, save ``<job_dir>/pruned.pth.tar``.
 
-    Returns the process exit status (2 with a one-line error for a bad spec, checkpoint, target or missing data).
+    Bad input raises ``GenericModelError`` (a ValueError) or the loaders' errors; ``prune.py`` prints them in one line.
     """
-    from data import DataNotFoundError
-    from main.checkpoint import CheckpointError
-    from main.compress import CompressRateError
-
-    try:
-        _run_generic_prune(args)
-    except (GenericModelError, CheckpointError, DataNotFoundError, CompressRateError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _run_generic_prune(args: argparse.Namespace) -> dict:
     from data import build_loaders, dataset_info
     from main.checkpoint import load_checkpoint
     from main.cli import resolve_device
     from main.counting import count_complexity
-    from main.engine import evaluate, recalibrate_bn
+    from main.engine import evaluate
+    from main.pruning_run import evaluate_pruned
     from main.run_logging import RunLogger, write_json
 
     channel_ratio = _channel_ratio_arg(args)
@@ -628,13 +616,7 @@ def _run_generic_prune(args: argparse.Namespace) -> dict:
                  100 * record["channel_ratio"], record["seconds"], args.shot, "s" if args.shot > 1 else "",
                  ", ".join(record["output_layers"]) or "none")
         after = count_complexity(pruned, info.image_size)
-        result = evaluate(pruned, loaders.test, device, amp=args.amp, desc="pruned")
-        recalibrated = copy.deepcopy(pruned)
-        used = recalibrate_bn(recalibrated, loaders.train, args.bn_recalib, device, amp=args.amp)
-        adapted = evaluate(recalibrated, loaders.test, device, amp=args.amp, desc="pruned+BN")
-        log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", result.top1, result.top5)
-        log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used, adapted.top1,
-                 adapted.top5)
+        result, adapted, used = evaluate_pruned(pruned, loaders, device, args.bn_recalib, amp=args.amp, log=log)
         for row in _table(before, after):
             log.info("%s", row)
         out_path = job_dir / "pruned.pth.tar"

@@ -17,7 +17,6 @@ if __package__ in (None, ""):  # run as ``python main/prune.py``
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,7 +26,7 @@ from torch import nn
 from main.compress import as_rate_list
 from main.selection import select_channels
 from main.surgery import transfer_weights
-from models import arch_spec, build_model, channel_layout
+from models import arch_spec, build_model, channel_layout, num_outputs
 
 __all__ = ["PruneResult", "prune", "prune_model", "shot_rates", "build_parser", "main"]
 
@@ -50,7 +49,7 @@ def prune(model: nn.Module, arch: str, compress_rate: str | Sequence[float], cri
     """
     layout = channel_layout(model, arch)
     parameter = next(model.parameters())
-    classes = num_classes if num_classes is not None else _num_classes(model)
+    classes = num_classes if num_classes is not None else num_outputs(model)
     slim = build_model(arch, compress_rate, classes).to(device=parameter.device, dtype=parameter.dtype)
     dst_widths = channel_layout(slim, arch).widths(slim)
     keep, saliency = select_channels(model, layout, dst_widths, criterion, strategy, seed=seed, cache=cache)
@@ -70,11 +69,6 @@ def shot_rates(rates: Sequence[float], shots: int) -> list[list[float]]:
     if shots < 1:
         raise ValueError(f"--shot must be >= 1, got {shots}")
     return [[r / (shots - s) for r in rates] for s in range(shots)]
-
-
-def _num_classes(model: nn.Module) -> int:
-    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    return last_linear.out_features
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,14 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from data import DataNotFoundError
-    from main.checkpoint import CheckpointError
+    from main.cli import run_reporting_errors
 
-    try:
-        return _dispatch(parser, args)
-    except (CheckpointError, DataNotFoundError, ValueError) as error:  # CompressRateError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(_dispatch, parser, args)
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -131,7 +120,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.model is not None:
         from main.generic import run_generic_prune
 
-        return run_generic_prune(args)
+        run_generic_prune(args)
+        return 0
     if args.arch is None:
         parser.error("--arch (or --model) is required")
     if args.dry_run:

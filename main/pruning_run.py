@@ -18,7 +18,25 @@ from torch import nn
 from main.cli import resolve_device
 from main.prune import prune, shot_rates
 
-__all__ = ["run_prune", "calibrate"]
+__all__ = ["run_prune", "calibrate", "evaluate_pruned"]
+
+
+def evaluate_pruned(model: nn.Module, loaders, device: torch.device, bn_images: int, *, amp: bool, log):
+    """Accuracy right after pruning, as transferred and after BN re-estimation on ``bn_images`` training images.
+
+    The re-estimation runs on a copy, so ``model`` keeps its transferred statistics. Returns
+    ``(as_transferred, adapted, images_used)`` and logs both accuracies.
+    """
+    from main.engine import evaluate, recalibrate_bn
+
+    pruned = evaluate(model, loaders.test, device, amp=amp, desc="pruned")
+    recalibrated = copy.deepcopy(model)
+    used = recalibrate_bn(recalibrated, loaders.train, bn_images, device, amp=amp)
+    adapted = evaluate(recalibrated, loaders.test, device, amp=amp, desc="pruned+BN")
+    log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", pruned.top1, pruned.top5)
+    log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used,
+             adapted.top1, adapted.top5)
+    return pruned, adapted, used
 
 
 def calibrate(model: nn.Module, loader, device: torch.device, epochs: int, lr: float, weight_decay: float, *,
@@ -42,7 +60,7 @@ def run_prune(args: argparse.Namespace) -> dict:
     from main.checkpoint import load_checkpoint, load_weights, save_checkpoint
     from main.compress import as_rate_list
     from main.counting import count_complexity
-    from main.engine import evaluate, prepare_model, recalibrate_bn
+    from main.engine import evaluate, prepare_model
     from main.rank_cache import RankCache
     from main.run_logging import RunLogger, write_json
     from models import arch_spec, build_model
@@ -92,13 +110,7 @@ def run_prune(args: argparse.Namespace) -> dict:
                           amp=args.amp, log=log, shot=shot)
 
         after = count_complexity(model, spec.input_size)
-        pruned = evaluate(model, loaders.test, device, amp=args.amp, desc="pruned")
-        recalibrated = copy.deepcopy(model)
-        used = recalibrate_bn(recalibrated, loaders.train, args.bn_recalib, device, amp=args.amp)
-        adapted = evaluate(recalibrated, loaders.test, device, amp=args.amp, desc="pruned+BN")
-        log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", pruned.top1, pruned.top5)
-        log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used,
-                 adapted.top1, adapted.top5)
+        pruned, adapted, used = evaluate_pruned(model, loaders, device, args.bn_recalib, amp=args.amp, log=log)
         log.info("Params: %d -> %d (-%.1f%%)  FLOPs: %d -> %d (-%.1f%%)  [min of thop, ptflops]", before.params,
                  after.params, 100 * (1 - after.params / before.params), before.flops, after.flops,
                  100 * (1 - after.flops / before.flops))

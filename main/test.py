@@ -82,20 +82,8 @@ def run_test(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from data import DataNotFoundError
-    from main.checkpoint import CheckpointError
-    from main.compress import CompressRateError
-
-    try:
-        run_test(args)
-    except (CheckpointError, DataNotFoundError, CompressRateError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_reporting_errors(run_test, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    import sys
-
     raise SystemExit(main())

@@ -14,7 +14,13 @@ from models.registry import ArchSpec, arch_spec, build_model, list_models, regis
 from models import vgg, resnet_cifar, densenet, googlenet, mobilenet_v2, resnet_imagenet  # noqa: E402,F401
 
 __all__ = ["build_model", "list_models", "register_model", "arch_spec", "ArchSpec", "channel_layout",
-           "ChannelGroup", "ChannelLayout", "model_from_checkpoint"]
+           "ChannelGroup", "ChannelLayout", "model_from_checkpoint", "num_outputs"]
+
+
+def num_outputs(model: nn.Module) -> int | None:
+    """out_features of the model's last Linear layer (its classes), None when it has none."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
 
 
 def channel_layout(model: nn.Module, arch: str | None = None) -> ChannelLayout:
