@@ -5,22 +5,28 @@
 
 For each task the unpruned and the pruned model (``--compress_rate``, 20 ResNet-50 rates) run in eval mode under
 ``inference_mode`` on random inputs: ``--warmup`` untimed calls, then ``--repeats`` timed calls per batch size,
-alternating the two models so that a change in machine load hits both; the median time gives images/s.
+alternating the models so that a change in machine load hits all of them; the median time gives images/s.
+Detection adds a third model, ``pruned+fpn``: the pruned backbone with the FPN and RPN narrowed by ``--fpn-rate``
+(default 0.5) and their channels chosen by CORING (``detection.fpn_pruning``), because backbone pruning alone cannot
+speed a detector up by more than its FLOPs ratio (about 1.46x at 800x800, FPN and heads unchanged).
 Batch sizes: 1 and ``--batch-size`` (classification, 224x224) or ``--det-batch-size`` (detection, ``--size``
 squared images; ``min_size = max_size = size`` so the detector does not resize). On CUDA timings are
 synchronised and ``--amp`` (bfloat16 autocast) is optional.
 
-Both models get the same deployment (``--mode``): ``eager`` as built; ``fold`` (default) BatchNorm folded into
-the preceding convolution and channels_last; ``jit`` in addition traces and freezes the ResNet-50 (the whole
-classifier, the detector's four backbone stages) with oneDNN graph fusion on CPU. Besides wall time, the process
-CPU time of every call is recorded: on a loaded machine (load average above the core count, printed) the
-CPU-time speed-up is the steadier estimate; ``--threads 1`` avoids OpenMP threads waiting for each other there.
-For detection, a per-part CPU-time breakdown at batch 1 (resize/normalise, backbone, FPN, RPN, ROI heads) shows
-what the pruned backbone can and cannot speed up.
+All models get the same deployment (``--mode``): ``eager`` as built; ``fold`` BatchNorm folded into the preceding
+convolution and channels_last; ``jit`` (default, the fastest on CPU for every model) in addition traces and freezes
+the ResNet-50 (the whole classifier, the detector's four backbone stages) with oneDNN graph fusion on CPU. Besides
+wall time, the process CPU time of every call is recorded: on a loaded machine (load average above the core count,
+printed) the CPU-time speed-up is the steadier estimate; ``--threads 1`` avoids OpenMP threads waiting for each
+other there. By default each task is measured with 1 thread, then with torch's default thread count when it is
+larger (``--threads 2 4`` picks others). For detection, a per-part CPU-time
+breakdown at batch 1 (resize/normalise, backbone, FPN, RPN, ROI heads) shows what pruning can and cannot speed up.
 
 FLOPs (multiply-accumulates): classification ``main.counting.count_complexity`` (min of thop and ptflops) at
-224; detection thop on the whole detector at ``--size`` (backbone, FPN, RPN and ROI heads; RoIAlign and NMS are
-not counted) and, separately, on backbone+FPN. The detector's random weights still produce the usual 1000 RPN
+224, and, for the record, the ratio with every conv's channels rounded up to the CPU's SIMD block of 8 (oneDNN's
+blocked layouts on AVX/AVX2 compute padded channels, so widths such as 25 or 51 cost as much as 32 or 56);
+detection thop on the whole detector at ``--size`` (backbone, FPN, RPN and ROI heads; RoIAlign and NMS are not
+counted) and, separately, on backbone+FPN. The detector's random weights still produce the usual 1000 RPN
 proposals, so its box-head cost is the real one.
 """
 from __future__ import annotations
@@ -47,8 +53,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["get_args_parser", "time_pair", "fold_batchnorm", "deploy", "classification_models", "detection_models",
-           "detection_breakdown", "run", "main"]
+__all__ = ["get_args_parser", "time_interleaved", "fold_batchnorm", "deploy", "classification_models",
+           "detection_models", "padded_macs", "detection_breakdown", "run", "main"]
 
 DEFAULT_RATE = "[0.]+[0.5]*3+[0.6]*16"
 
@@ -65,11 +71,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=800, help="detection input: size x size")
     p.add_argument("--input-size", type=int, default=224, help="classification input")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per model and batch size")
-    p.add_argument("--repeats", type=int, default=7, help="timed calls per model and batch size (classification)")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per model and batch size (classification)")
     p.add_argument("--det-repeats", type=int, default=5, help="timed calls per model and batch size (detection)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="CPU thread counts to measure, each in turn (default: 1, then torch's choice if more)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--mode", default="fold", choices=["eager", "fold", "jit"],
+    p.add_argument("--fpn-rate", type=float, default=0.5,
+                   help="detection: FPN/RPN channels removed in the 'pruned+fpn' model (0: leave it out)")
+    p.add_argument("--mode", default="jit", choices=["eager", "fold", "jit"],
                    help="deployment of both models: as built, BN folded + channels_last, or also traced (oneDNN)")
     p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time (torchvision: 1000)")
     p.add_argument("--no-flops", action="store_true", help="skip FLOPs counting (thop on a detector is slow)")
@@ -83,7 +92,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_pair(calls: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+def time_interleaved(calls: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
               repeats: int) -> dict[str, dict[str, list[float]]]:
     """Wall and process-CPU seconds of ``repeats`` calls of each function, interleaved, after ``warmup`` each."""
     for fn in calls.values():
@@ -156,14 +165,47 @@ def classification_models(rate: str) -> dict[str, nn.Module]:
     return {"unpruned": build_model("resnet_50"), "pruned": build_model("resnet_50", rate)}
 
 
-def detection_models(rate: str, size: int, proposals: int = 1000) -> dict[str, nn.Module]:
+def detection_models(rate: str, size: int, proposals: int = 1000, fpn_rate: float = 0.0) -> dict[str, nn.Module]:
+    """Faster R-CNN unpruned, on the pruned backbone and, when ``fpn_rate`` > 0, with a CORING-pruned FPN too."""
+    from detection.fpn_pruning import prune_fpn
     from detection.models import fasterrcnn
 
     kwargs = {"min_size": size, "max_size": size, "norm_layer": "bn", "rpn_post_nms_top_n_test": proposals}
     torch.manual_seed(0)
-    unpruned = fasterrcnn(None, **kwargs)
+    models = {"unpruned": fasterrcnn(None, **kwargs)}
     torch.manual_seed(0)
-    return {"unpruned": unpruned, "pruned": fasterrcnn(rate, **kwargs)}
+    models["pruned"] = fasterrcnn(rate, **kwargs)
+    if fpn_rate > 0:
+        models["pruned+fpn"] = fasterrcnn(rate, fpn_rate=fpn_rate, **kwargs)
+        prune_fpn(models["pruned"].eval(), models["pruned+fpn"])
+    return models
+
+
+def padded_macs(model: nn.Module, input_size: int, block: int = 8) -> int:
+    """Conv and linear multiply-accumulates with every conv's channels (but the image's 3) rounded up to ``block``."""
+    total = 0
+
+    def pad(channels: int) -> int:
+        return channels if channels <= 3 else -(-channels // block) * block
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            c_in, c_out = pad(module.in_channels), pad(module.out_channels)
+            if module.groups > 1:  # grouped / depthwise: left unpadded
+                c_in, c_out = module.in_channels // module.groups, module.out_channels
+            total += c_out * c_in * module.kernel_size[0] * module.kernel_size[1] * output[0, 0].numel()
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.rand(1, 3, input_size, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def _thop_macs(model: nn.Module, inputs: tuple) -> int:
@@ -175,6 +217,10 @@ def _thop_macs(model: nn.Module, inputs: tuple) -> int:
     return int(macs)
 
 
+def _ratios(counts: dict[str, float]) -> dict[str, float]:
+    return {name: counts["unpruned"] / c for name, c in counts.items() if name != "unpruned"}
+
+
 def _flops(task: str, models: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, Any]:
     if args.no_flops:
         return {}
@@ -182,14 +228,16 @@ def _flops(task: str, models: dict[str, nn.Module], args: argparse.Namespace) ->
         from main.counting import count_complexity
 
         counts = {n: count_complexity(m, args.input_size).flops for n, m in models.items()}
-        return {"flops": counts, "flops_ratio": counts["unpruned"] / counts["pruned"],
-                "flops_counter": f"min(thop, ptflops) at {args.input_size}x{args.input_size}"}
+        padded = {n: padded_macs(m, args.input_size) for n, m in models.items()}
+        return {"flops": counts, "flops_ratio": _ratios(counts),
+                "flops_counter": f"min(thop, ptflops) at {args.input_size}x{args.input_size}",
+                "simd8_flops_ratio": _ratios(padded)}
     image = torch.rand(1, 3, args.size, args.size)
     whole = {n: _thop_macs(m, ([image[0]],)) for n, m in models.items()}
     backbone = {n: _thop_macs(m.backbone, (image,)) for n, m in models.items()}
-    return {"flops": whole, "flops_ratio": whole["unpruned"] / whole["pruned"],
+    return {"flops": whole, "flops_ratio": _ratios(whole),
             "flops_counter": f"thop, whole detector at {args.size}x{args.size}",
-            "backbone_fpn_flops": backbone, "backbone_fpn_flops_ratio": backbone["unpruned"] / backbone["pruned"]}
+            "backbone_fpn_flops": backbone, "backbone_fpn_flops_ratio": _ratios(backbone)}
 
 
 @torch.inference_mode()
@@ -223,7 +271,7 @@ def detection_breakdown(model: nn.Module, image: torch.Tensor, repeats: int) -> 
 
 def _bench_task(task: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     models = (classification_models(args.compress_rate) if task == "classification"
-              else detection_models(args.compress_rate, args.size, args.proposals))
+              else detection_models(args.compress_rate, args.size, args.proposals, args.fpn_rate))
     result: dict[str, Any] = {"task": task, "device": str(device), "mode": args.mode, **_flops(task, models, args)}
     cuda = device.type == "cuda"
     size = args.input_size if task == "classification" else args.size
@@ -242,13 +290,13 @@ def _bench_task(task: str, device: torch.device, args: argparse.Namespace) -> di
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.amp):
                 return model(x)
 
-        times = time_pair({n: (lambda m=m: call(m)) for n, m in models.items()}, device, args.warmup, repeats)
+        times = time_interleaved({n: (lambda m=m: call(m)) for n, m in models.items()}, device, args.warmup, repeats)
         wall = {n: statistics.median(t["wall"]) for n, t in times.items()}
         cpu = {n: statistics.median(t["cpu"]) for n, t in times.items()}
         result["batches"][batch] = {
             "median_wall_s": wall, "median_cpu_s": cpu, "times_s": times,
             "images_per_s": {n: batch / s for n, s in wall.items()},
-            "speedup": wall["unpruned"] / wall["pruned"], "speedup_cpu_time": cpu["unpruned"] / cpu["pruned"],
+            "speedup": _ratios(wall), "speedup_cpu_time": _ratios(cpu),
         }
     if task == "detection":
         image = torch.rand(3, size, size, device=device)
@@ -258,32 +306,35 @@ def _bench_task(task: str, device: torch.device, args: argparse.Namespace) -> di
 
 
 def _report(result: dict[str, Any]) -> str:
-    lines = [f"[{result['task']} on {result['device']}, mode {result['mode']}]"]
+    lines = [f"[{result['task']} on {result['device']}, {result['threads']} threads, mode {result['mode']}]"]
+    ratio = result.get("flops_ratio", {})
     if "flops" in result:
-        f = result["flops"]
-        lines.append(f"  FLOPs ({result['flops_counter']}): unpruned {f['unpruned'] / 1e9:.2f} G, pruned "
-                     f"{f['pruned'] / 1e9:.2f} G, ratio {result['flops_ratio']:.2f}x")
+        counts = ", ".join(f"{n} {v / 1e9:.2f} G" for n, v in result["flops"].items())
+        lines.append(f"  FLOPs ({result['flops_counter']}): {counts}; ratio "
+                     + ", ".join(f"{n} {r:.2f}x" for n, r in ratio.items()))
+        if "simd8_flops_ratio" in result:
+            lines.append("  FLOPs ratio with channels padded to the SIMD block of 8: "
+                         + ", ".join(f"{n} {r:.2f}x" for n, r in result["simd8_flops_ratio"].items()))
         if "backbone_fpn_flops" in result:
-            b = result["backbone_fpn_flops"]
-            lines.append(f"  FLOPs (thop, backbone+FPN only): unpruned {b['unpruned'] / 1e9:.2f} G, pruned "
-                         f"{b['pruned'] / 1e9:.2f} G, ratio {result['backbone_fpn_flops_ratio']:.2f}x")
-    ratio = result.get("flops_ratio")
+            lines.append("  FLOPs ratio (thop, backbone+FPN only): "
+                         + ", ".join(f"{n} {r:.2f}x" for n, r in result["backbone_fpn_flops_ratio"].items()))
     for batch, r in result["batches"].items():
-        ips, spd, spd_cpu = r["images_per_s"], r["speedup"], r["speedup_cpu_time"]
-        of = (f" = {spd / ratio:.2f} of FLOPs ratio", f" = {spd_cpu / ratio:.2f}") if ratio else ("", "")
-        lines.append(f"  batch {batch:>3}: unpruned {ips['unpruned']:7.2f} img/s, pruned {ips['pruned']:7.2f} img/s; "
-                     f"speed-up wall {spd:.2f}x{of[0]}; CPU time {spd_cpu:.2f}x{of[1]} "
-                     f"(medians of {len(r['times_s']['pruned']['wall'])})")
+        ips = ", ".join(f"{n} {v:.2f}" for n, v in r["images_per_s"].items())
+        lines.append(f"  batch {batch:>3}: images/s {ips} (medians of {len(r['times_s']['unpruned']['wall'])})")
+        for name, spd in r["speedup"].items():
+            spd_cpu = r["speedup_cpu_time"][name]
+            of = ((f" = {spd / ratio[name]:.2f} of FLOPs ratio", f" = {spd_cpu / ratio[name]:.2f}") if ratio
+                  else ("", ""))
+            lines.append(f"      {name:>10}: speed-up wall {spd:.2f}x{of[0]}; CPU time {spd_cpu:.2f}x{of[1]}")
     if "breakdown_s" in result:
+        clock = "wall" if result["device"].startswith("cuda") else "CPU"
         for name, parts in result["breakdown_s"].items():
-            total = sum(parts.values())
             text = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
-            clock = "wall" if result["device"].startswith("cuda") else "CPU"
-            lines.append(f"  {clock} s per image, {name:>8}: {text} (total {total:.3f})")
+            lines.append(f"  {clock} s per image, {name:>10}: {text} (total {sum(parts.values()):.3f})")
         base, pruned = result["breakdown_s"]["unpruned"], result["breakdown_s"]["pruned"]
-        heads = sum(v for k, v in pruned.items() if k not in ("backbone",))
-        lines.append(f"  the pruned detector spends {heads / sum(pruned.values()):.0%} outside the backbone; with a "
-                     f"free backbone the speed-up could reach {sum(base.values()) / heads:.2f}x")
+        heads = sum(v for k, v in pruned.items() if k != "backbone")
+        lines.append(f"  the backbone-pruned detector spends {heads / sum(pruned.values()):.0%} outside the backbone; "
+                     f"with a free backbone its speed-up could reach {sum(base.values()) / heads:.2f}x")
     return "\n".join(lines)
 
 
@@ -291,19 +342,21 @@ def _chart(results: list[dict[str, Any]], path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.2 * len(results), 3.6), dpi=100)
+    fig = Figure(figsize=(3.6 * len(results), 3.6), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(results), squeeze=False)[0]
     for ax, result in zip(axes, results):
         batches = list(result["batches"])
-        xs = range(len(batches))
-        for k, name in enumerate(("unpruned", "pruned")):
-            ax.bar([x + 0.4 * k for x in xs], [result["batches"][b]["images_per_s"][name] for b in batches], 0.4,
-                   label=name)
-        ax.set_xticks([x + 0.2 for x in xs], [f"batch {b}" for b in batches])
-        title = f"{result['task']} ({result['device']})"
+        names = list(result["batches"][batches[0]]["images_per_s"])
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            ax.bar([x + width * k for x in range(len(batches))],
+                   [result["batches"][b]["images_per_s"][name] for b in batches], width, label=name)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(batches))], [f"batch {b}" for b in batches])
+        where = result["device"] + (f", {result['threads']} threads" if result["device"] == "cpu" else "")
+        title = f"{result['task']} ({where})"
         if "flops_ratio" in result:
-            title += f"\nFLOPs {result['flops_ratio']:.2f}x"
+            title += "\nFLOPs " + ", ".join(f"{r:.2f}x" for r in result["flops_ratio"].values())
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("images / s")
         ax.legend(fontsize=8)
@@ -314,23 +367,26 @@ def _chart(results: list[dict[str, Any]], path: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark every task on every device; prints a report and returns everything measured."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    header = {"compress_rate": args.compress_rate, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "mode": args.mode,
+    header = {"compress_rate": args.compress_rate, "torch": torch.__version__,
+              "default_threads": torch.get_num_threads(), "mode": args.mode,
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "load_avg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "amp": args.amp}
-    print(f"torch {header['torch']}, torch.get_num_threads() = {header['threads']}, {header['cpu_count']} CPUs, "
+    print(f"torch {header['torch']}, default threads {header['default_threads']}, {header['cpu_count']} CPUs, "
           f"load average {header['load_avg_before']}, CUDA: {header['cuda']}, rate {args.compress_rate}")
     results = []
     for device_name in devices:
         device = torch.device(device_name)
-        for task in args.tasks:
-            result = _bench_task(task, device, args)
-            print(_report(result), flush=True)
-            results.append(result)
+        thread_counts = args.threads or sorted({1, header["default_threads"]})
+        for threads in thread_counts if device.type == "cpu" else [None]:
+            if threads:
+                torch.set_num_threads(threads)
+            for task in args.tasks:
+                result = {"threads": torch.get_num_threads(), **_bench_task(task, device, args)}
+                print(_report(result), flush=True)
+                results.append(result)
+    torch.set_num_threads(header["default_threads"])
     header["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average after: {header['load_avg_after']}")
     out = {**header, "results": results}

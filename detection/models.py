@@ -10,7 +10,10 @@ stages as ``nn.Sequential``). The state-dict keys are therefore exactly those of
     rpn.*, roi_heads.*
 
 The FPN's input widths are the pruned stage outputs (``layer{s}[-1].conv3.out_channels``); it returns the four
-stages plus a max-pooled level (``LastLevelMaxPool``), 256 channels each.
+stages plus a max-pooled level (``LastLevelMaxPool``), 256 channels each. ``fpn_rate`` (default 0, the paper's
+detector) narrows the FPN to ``int(256 * (1 - fpn_rate))`` channels; torchvision's heads follow the FPN width (RPN
+conv, box head input, mask and keypoint head inputs). ``detection.fpn_pruning`` fills such a detector with the
+CORING-selected channels of a trained full-width one.
 
 Normalisation (``norm_layer``): ``"frozen"`` turns every BatchNorm of the backbone into torchvision's
 ``FrozenBatchNorm2d`` (fixed statistics and affine, what torchvision does with pretrained backbones); ``"bn"`` keeps
@@ -32,9 +35,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from main.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from main.compress import kept_width
 from models import build_model
 
-__all__ = ["ResNet50Body", "resnet50_fpn_backbone", "load_backbone_weights", "fasterrcnn", "maskrcnn",
+__all__ = ["ResNet50Body", "fpn_width", "resnet50_fpn_backbone", "load_backbone_weights", "fasterrcnn", "maskrcnn",
            "keypointrcnn", "build_detector", "DETECTORS", "DEFAULT_COMPRESS_RATE", "NORM_LAYERS"]
 
 DEFAULT_COMPRESS_RATE = "[0.]+[0.1]*3+[0.35]*16"  # the paper's detection command lines
@@ -64,6 +68,14 @@ class ResNet50Body(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def fpn_width(fpn_rate: float) -> int:
+    """Channels of an FPN with ``fpn_rate`` of torchvision's 256 removed."""
+    if not 0.0 <= fpn_rate < 1.0:
+        raise ValueError(f"fpn_rate must be in [0, 1) (the fraction of the {FPN_CHANNELS} FPN channels removed), "
+                         f"got {fpn_rate}")
+    return max(1, kept_width(FPN_CHANNELS, fpn_rate))
 
 
 def load_backbone_weights(body: nn.Module, source: str | Path | Mapping[str, Any]) -> None:
@@ -107,8 +119,10 @@ def _resolve(weights_backbone: WeightsSource, trainable_layers: int | None, norm
 
 
 def resnet50_fpn_backbone(compress_rate: str | list[float] | None = None, *, weights_backbone: WeightsSource = None,
-                          trainable_layers: int | None = None, norm_layer: str = "auto") -> BackboneWithFPN:
-    """A ``BackboneWithFPN`` (layers 1-4 returned, 256 channels, max-pooled extra level) on a pruned ResNet-50.
+                          trainable_layers: int | None = None, norm_layer: str = "auto",
+                          fpn_rate: float = 0.0) -> BackboneWithFPN:
+    """A ``BackboneWithFPN`` (layers 1-4 returned, ``fpn_width(fpn_rate)`` channels, max-pooled extra level) on a
+    pruned ResNet-50.
 
     Weights are loaded before BatchNorms are frozen, then stages outside the last ``trainable_layers``
     (``layer4, layer3, layer2, layer1, conv1`` in that order; 5 also trains ``bn1``) stop requiring gradients.
@@ -124,33 +138,34 @@ def resnet50_fpn_backbone(compress_rate: str | list[float] | None = None, *, wei
         if not any(name.startswith(layer) for layer in layers_to_train):
             parameter.requires_grad_(False)
     return_layers = {f"layer{s}": str(s - 1) for s in range(1, 5)}
-    return BackboneWithFPN(body, return_layers, body.stage_channels, FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
+    return BackboneWithFPN(body, return_layers, body.stage_channels, fpn_width(fpn_rate),
+                           extra_blocks=LastLevelMaxPool())
 
 
 def fasterrcnn(compress_rate: str | list[float] | None = None, num_classes: int = 91,
                trainable_layers: int | None = None, weights_backbone: WeightsSource = None,
-               norm_layer: str = "auto", **kwargs: Any) -> FasterRCNN:
+               norm_layer: str = "auto", fpn_rate: float = 0.0, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN (torchvision's heads) on a pruned ResNet-50-FPN; ``kwargs`` go to ``FasterRCNN``."""
     backbone = resnet50_fpn_backbone(compress_rate, weights_backbone=weights_backbone,
-                                     trainable_layers=trainable_layers, norm_layer=norm_layer)
+                                     trainable_layers=trainable_layers, norm_layer=norm_layer, fpn_rate=fpn_rate)
     return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
 
 def maskrcnn(compress_rate: str | list[float] | None = None, num_classes: int = 91,
              trainable_layers: int | None = None, weights_backbone: WeightsSource = None,
-             norm_layer: str = "auto", **kwargs: Any) -> MaskRCNN:
+             norm_layer: str = "auto", fpn_rate: float = 0.0, **kwargs: Any) -> MaskRCNN:
     """Mask R-CNN (torchvision's heads) on a pruned ResNet-50-FPN; ``kwargs`` go to ``MaskRCNN``."""
     backbone = resnet50_fpn_backbone(compress_rate, weights_backbone=weights_backbone,
-                                     trainable_layers=trainable_layers, norm_layer=norm_layer)
+                                     trainable_layers=trainable_layers, norm_layer=norm_layer, fpn_rate=fpn_rate)
     return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
 
 
 def keypointrcnn(compress_rate: str | list[float] | None = None, num_classes: int = 2, num_keypoints: int = 17,
                  trainable_layers: int | None = None, weights_backbone: WeightsSource = None,
-                 norm_layer: str = "auto", **kwargs: Any) -> KeypointRCNN:
+                 norm_layer: str = "auto", fpn_rate: float = 0.0, **kwargs: Any) -> KeypointRCNN:
     """Keypoint R-CNN (torchvision's heads) on a pruned ResNet-50-FPN; ``kwargs`` go to ``KeypointRCNN``."""
     backbone = resnet50_fpn_backbone(compress_rate, weights_backbone=weights_backbone,
-                                     trainable_layers=trainable_layers, norm_layer=norm_layer)
+                                     trainable_layers=trainable_layers, norm_layer=norm_layer, fpn_rate=fpn_rate)
     return KeypointRCNN(backbone, num_classes=num_classes, num_keypoints=num_keypoints, **kwargs)
 
 

@@ -13,6 +13,10 @@ steps 36 and 43), aspect-ratio grouping (factor 3), horizontal flips, AMP on CUD
 the model is scored with pycocotools. ``--resume`` continues from ``<output-dir>/checkpoint.pth`` (or a given
 file); ``--test-only --weights model_25.pth`` only evaluates. ``--dataset tiny`` draws a tiny COCO-format set and
 trains on it (a CPU demo).
+
+``--fpn-rate R`` narrows the FPN and RPN to ``int(256 * (1 - R))`` channels (the heads follow); with
+``--prune-from model_25.pth`` (a trained detector with the full FPN and the same ``--compress_rate``) the kept
+channels are chosen by CORING and inherit their weights (``detection.fpn_pruning``), then the run fine-tunes.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from detection.coco_eval import CocoEvaluator, iou_types_for
 from detection.data import build_dataset, eval_loader, set_epoch, train_loader
 from data import DataNotFoundError
 from detection.engine import NonFiniteLossError, evaluate, train_one_epoch
+from detection.fpn_pruning import prune_fpn
 from detection.models import DEFAULT_COMPRESS_RATE, DETECTORS, NORM_LAYERS, build_detector
 from detection.tiny_coco import make_tiny_coco
 from main.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -64,6 +69,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="the 20 ResNet-50 rates in the paper's grammar ('[0.]*20' = unpruned)")
     p.add_argument("--weights-backbone", default=None, help="pruned ResNet-50 checkpoint of this toolkit")
     p.add_argument("--weights", default=None, help="full detector checkpoint (model_<epoch>.pth) to start from")
+    p.add_argument("--fpn-rate", type=float, default=0.0,
+                   help="fraction of the 256 FPN (and RPN) channels removed; 0 = the paper's detector")
+    p.add_argument("--prune-from", default=None,
+                   help="trained full-FPN detector checkpoint whose CORING-selected FPN channels start the run")
+    p.add_argument("--criterion", default="VBD_dis", help="CORING criterion that ranks the FPN channels")
+    p.add_argument("--strategy", default="min_sum", help="min_sum | min_min | sum")
     p.add_argument("--trainable-backbone-layers", type=int, default=None,
                    help="stages trained, from layer4 down (default: 3 with --weights-backbone, else 5)")
     p.add_argument("--norm-layer", default="auto", choices=NORM_LAYERS,
@@ -108,6 +119,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.num_classes = 2 if args.model == "keypointrcnn" else 91
     if args.data_path is None:
         args.data_path = str(Path(args.output_dir) / "tiny_coco") if args.dataset == "tiny" else "data/coco"
+    if args.prune_from and not args.fpn_rate:
+        raise ValueError("--prune-from needs --fpn-rate > 0 (the fraction of FPN channels to remove)")
     if args.resume == "auto":
         args.resume = str(Path(args.output_dir) / "checkpoint.pth")
     json.loads(args.model_kwargs)  # fail early on bad JSON
@@ -115,12 +128,18 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
-    """The detector of ``args`` (backbone weights, then full weights if given)."""
+    """The detector of ``args``: backbone weights; or, with ``--prune-from``, the CORING-selected channels of a
+    full-FPN detector; then full weights if given."""
     kwargs: dict[str, Any] = {"min_size": args.min_size, "max_size": args.max_size,
-                              "box_score_thresh": args.box_score_thresh, **json.loads(args.model_kwargs)}
-    model = build_detector(args.model, args.compress_rate, num_classes=args.num_classes,
-                           trainable_layers=args.trainable_backbone_layers, weights_backbone=args.weights_backbone,
-                           norm_layer=args.norm_layer, **kwargs)
+                              "box_score_thresh": args.box_score_thresh, "num_classes": args.num_classes,
+                              "trainable_layers": args.trainable_backbone_layers,
+                              "weights_backbone": args.weights_backbone, "norm_layer": args.norm_layer,
+                              **json.loads(args.model_kwargs)}
+    model = build_detector(args.model, args.compress_rate, fpn_rate=args.fpn_rate, **kwargs)
+    if args.prune_from:
+        full = build_detector(args.model, args.compress_rate, **kwargs)
+        load_weights(full, args.prune_from)
+        prune_fpn(full, model, args.criterion, args.strategy)
     if args.weights:
         load_weights(model, args.weights)
     return model
@@ -161,8 +180,10 @@ def run(args: argparse.Namespace, info: DistInfo, log: RunLogger) -> dict[str, A
     if args.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
+    origin = f" (CORING-selected from {args.prune_from})" if args.prune_from else ""
     log.info(f"{args.model} on ResNet-50 at {args.compress_rate}: FPN in-channels "
-             f"{[b[0].in_channels for b in model.backbone.fpn.inner_blocks]}, "
+             f"{[b[0].in_channels for b in model.backbone.fpn.inner_blocks]}, {model.backbone.out_channels} FPN "
+             f"channels{origin}, "
              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params on {info.device}")
     if args.test_only:
         return {"epoch": None, "stats": _evaluate(model, val, args, info, log)}

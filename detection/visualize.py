@@ -58,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="image file (--image); .gif or a folder of PNGs (--video)")
     p.add_argument("--model", default="fasterrcnn", choices=sorted(DETECTORS))
     p.add_argument("--compress_rate", "--compress-rate", "-cpr", required=True, help="rates of the pruned model")
+    p.add_argument("--fpn-rate", type=float, default=0.0, help="FPN channels removed in the pruned model")
     p.add_argument("--weights", default=None,
                    help="pruned detector checkpoint (detection/train.py); without it: random weights, few or no boxes")
     p.add_argument("--baseline-weights", default=None,
@@ -145,12 +146,12 @@ def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
 
 
 def _load_model(args: argparse.Namespace, compress_rate: str | None, weights: str | None,
-                device: torch.device) -> nn.Module:
+                device: torch.device, fpn_rate: float = 0.0) -> nn.Module:
     from main.checkpoint import load_weights
 
     kwargs: dict[str, Any] = {"min_size": args.min_size, "max_size": args.max_size,
                               "rpn_post_nms_top_n_test": args.proposals}
-    model = build_detector(args.model, compress_rate, norm_layer="bn", **kwargs)
+    model = build_detector(args.model, compress_rate, norm_layer="bn", fpn_rate=fpn_rate, **kwargs)
     if weights:
         load_weights(model, weights)
     return model.to(device).eval()
@@ -162,7 +163,7 @@ def visualize(args: argparse.Namespace) -> dict[str, Any]:
 
     device = resolve_device(args.device)
     models = {"unpruned": _load_model(args, None, args.baseline_weights, device),
-              "pruned": _load_model(args, args.compress_rate, args.weights, device)}
+              "pruned": _load_model(args, args.compress_rate, args.weights, device, args.fpn_rate)}
     names = _category_names(args.model)
     frames = list(read_frames(args.image or args.video, args.max_frames if args.video else 1))
     if not frames:

@@ -2,8 +2,9 @@
 
 Producers are sliced on their output channels (conv weight dim 0 and bias, all BatchNorm tensors,
 a depthwise conv's filters); consumers on their input channels (conv/linear weight dim 1, a BatchNorm
-that reads a concatenation); everything else is copied unchanged. Every tensor's final shape is checked
-against the slim model, so a layout error cannot load silently.
+that reads a concatenation; a linear layer after a channel-major flatten of C x H x W, such as a detector's
+box head after RoIAlign, keeps the H*W columns of each kept channel); everything else is copied unchanged.
+Every tensor's final shape is checked against the slim model, so a layout error cannot load silently.
 """
 from __future__ import annotations
 
@@ -29,6 +30,16 @@ def input_index(layout: ChannelLayout, module: str, src_widths: Mapping[str, int
         parts.append(keep[group] + offset)
         offset += src_widths[group]
     return torch.cat(parts)
+
+
+def _flattened_index(module: nn.Module, index: torch.Tensor, channels: int) -> torch.Tensor:
+    """Input columns of a linear layer that reads ``channels`` maps flattened channel-major (``C x H x W``)."""
+    if not isinstance(module, nn.Linear) or module.in_features == channels:
+        return index
+    positions, rest = divmod(module.in_features, channels)
+    if rest:
+        raise SurgeryError(f"linear layer with {module.in_features} inputs cannot read {channels} flattened channels")
+    return (index[:, None] * positions + torch.arange(positions)).reshape(-1)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -70,7 +81,10 @@ def transfer_weights(src: nn.Module, dst: nn.Module, layout: ChannelLayout,
             raise SurgeryError(f"slim model has module {name!r} that the original lacks")
         src_module = src_modules[name]
         out_idx = keep[producer[name]] if name in producer else None
-        in_idx = input_index(layout, name, src_widths, keep) if name in layout.inputs else None
+        in_idx = None
+        if name in layout.inputs:
+            channels = sum(src_widths[group] for group in layout.inputs[name])
+            in_idx = _flattened_index(src_module, input_index(layout, name, src_widths, keep), channels)
         for tensor_name, dst_tensor in tensors:
             full_name = f"{name}.{tensor_name}" if name else tensor_name
             src_tensor = getattr(src_module, tensor_name)

@@ -204,6 +204,14 @@ def test_resume_continues_from_the_next_epoch(tiny: Path, tmp_path: Path) -> Non
     evaluated = det_train.run_training([*common, "--test-only", "--weights", str(tmp_path / "model_1.pth")])
     assert set(evaluated["stats"]) == {"bbox"}
 
+    slim_dir = tmp_path / "fpn_pruned"
+    pruned = det_train.run_training([*common, "--output-dir", str(slim_dir), "--epochs", "1", "--fpn-rate", "0.5",
+                                     "--prune-from", str(tmp_path / "model_1.pth")])
+    assert set(pruned["stats"]) == {"bbox"}
+    slim_state = load_checkpoint(slim_dir / "checkpoint.pth")["model"]
+    assert slim_state["backbone.fpn.layer_blocks.0.0.weight"].shape == (128, 128, 3, 3)
+    assert slim_state["roi_heads.box_head.fc6.weight"].shape == (1024, 128 * 7 * 7)
+
 
 @pytest.mark.slow
 def test_visualize_writes_a_side_by_side_image(tiny: Path, tmp_path: Path) -> None:
@@ -214,8 +222,8 @@ def test_visualize_writes_a_side_by_side_image(tiny: Path, tmp_path: Path) -> No
     source = tiny / "val2017" / "000000000001.png"
     out = tmp_path / "side_by_side.png"
     small = ["--min-size", "128", "--max-size", "160", "--device", "cpu", "--proposals", "20"]
-    assert visualize_main(["--image", str(source), "--compress_rate", RATE, "--out", str(out), "--score-thresh", "0",
-                           *small]) == 0
+    assert visualize_main(["--image", str(source), "--compress_rate", RATE, "--fpn-rate", "0.5", "--out", str(out),
+                           "--score-thresh", "0", *small]) == 0
     with Image.open(source) as original, Image.open(out) as drawn:
         assert drawn.width == 2 * original.width + 4 and drawn.height == original.height
     frames = tmp_path / "frames.gif"
@@ -223,3 +231,53 @@ def test_visualize_writes_a_side_by_side_image(tiny: Path, tmp_path: Path) -> No
                            str(frames), *small]) == 0
     with Image.open(frames) as gif:
         assert gif.n_frames == 2
+
+
+def _kill_removed_inputs(full: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+    """Zero every weight of ``full`` that reads a channel the slim twin drops, so both must compute the same."""
+    from detection.fpn_pruning import fpn_layout
+
+    layout = fpn_layout(full)
+    modules = dict(full.named_modules())
+    widths = layout.widths(full)
+    with torch.no_grad():
+        for name, (group,) in layout.inputs.items():
+            dropped = torch.ones(widths[group], dtype=torch.bool)
+            dropped[keep[group]] = False
+            weight = modules[name].weight
+            view = weight.view(weight.shape[0], widths[group], -1)  # conv: [out, in, k*k]; fc6: [out, C, 7*7]
+            view[:, dropped] = 0
+
+
+@pytest.mark.parametrize("builder", [fasterrcnn, maskrcnn, keypointrcnn])
+def test_fpn_pruning_keeps_what_the_kept_channels_compute(builder) -> None:
+    from detection.fpn_pruning import prune_fpn
+
+    small = {"min_size": 96, "max_size": 96, "rpn_pre_nms_top_n_test": 30, "rpn_post_nms_top_n_test": 10,
+             "box_score_thresh": 0.0}
+    torch.manual_seed(0)
+    full = builder(RATE, **small).eval()
+    slim = builder(RATE, fpn_rate=0.5, **small).eval()
+    keep = prune_fpn(full, slim)
+    assert {k: len(v) for k, v in keep.items()} == {"fpn.inner": 128, "fpn.out": 128, "rpn.conv": 128}
+    assert slim.backbone.out_channels == 128 and slim.roi_heads.box_head.fc6.in_features == 128 * 7 * 7
+    _kill_removed_inputs(full, keep)
+    image = [torch.rand(3, 96, 96)]
+    with torch.no_grad():
+        full_features, slim_features = full.backbone(image[0][None]), slim.backbone(image[0][None])
+        for level in full_features:
+            torch.testing.assert_close(slim_features[level], full_features[level][:, keep["fpn.out"]])
+        ours, theirs = slim(image)[0], full(image)[0]
+    assert set(ours) == set(theirs) and len(ours["boxes"]) > 0
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-4, rtol=1e-4)
+
+
+def test_fpn_rate_out_of_range_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"fpn_rate must be in \[0, 1\).*got 1.0"):
+        fasterrcnn(RATE, fpn_rate=1.0)
+
+
+def test_prune_from_without_an_fpn_rate_is_a_one_line_error(capsys: pytest.CaptureFixture) -> None:
+    assert det_train.main(["--dataset", "tiny", "--prune-from", "model_25.pth", "--device", "cpu"]) == 2
+    assert "--prune-from needs --fpn-rate > 0" in capsys.readouterr().err

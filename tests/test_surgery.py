@@ -161,3 +161,23 @@ def test_transfer_rejects_a_layout_that_does_not_fit():
     keep = {g.name: torch.arange(layout.widths(original)[g.name]) for g in layout.groups}  # keeps everything
     with pytest.raises(SurgeryError, match="features.conv0.weight"):
         transfer_weights(original, slim, layout, keep)
+
+
+def test_linear_after_a_flatten_keeps_every_position_of_the_kept_channels():
+    from models.layout import LayoutBuilder
+
+    def net(channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.Flatten(), nn.Linear(channels * 4 * 4, 5))
+
+    torch.manual_seed(0)
+    original, slim = net(6).double(), net(4).double()
+    b = LayoutBuilder()
+    b.group("conv", ["0"])
+    b.feed("2", "conv")
+    keep = {"conv": torch.tensor([0, 2, 3, 5])}
+    transfer_weights(original, slim, b.build(), keep)
+    with torch.no_grad():  # silence the dropped channels in the original: both must now agree
+        original[0].weight[[1, 4]] = 0
+        original[0].bias[[1, 4]] = 0
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(slim(x), original(x))
