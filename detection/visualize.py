@@ -180,7 +180,8 @@ def visualize(args: argparse.Namespace) -> dict[str, Any]:
             output, seconds = timed_detect(model, tensor)
             times[name].append(seconds)
             mean_fps = len(times[name]) / sum(times[name])
-            label = name if name == "unpruned" else f"pruned {args.compress_rate}"
+            label = name if name == "unpruned" else f"pruned {args.compress_rate}" + (
+                f", FPN {args.fpn_rate:g}" if args.fpn_rate else "")
             panels.append(draw_detections(frame, output, names, args.score_thresh,
                                           f"{label}: {1 / seconds:.2f} FPS (mean {mean_fps:.2f})"))
         drawn.append(_side_by_side(*panels))

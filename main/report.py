@@ -46,18 +46,6 @@ TABLE_TITLES: dict[str, str] = {
 }
 #: The data set each table was measured on.
 PAPER_DATASETS: dict[str, str] = {arch: ("imagenet" if arch == "resnet_50" else "cifar10") for arch in TABLE_TITLES}
-#: The (params, FLOPs) reductions in % as the paper's tables print them, per (arch, row script). They differ by up
-#: to 0.7 point from 1 - row/baseline of the printed sizes (rounding; the tables mix counting conventions).
-PAPER_DROPS: dict[tuple[str, str], tuple[float, float]] = {
-    ("vgg_16_bn", "c5"): (81.6, 58.1), ("vgg_16_bn", "c15"): (83.3, 66.6), ("vgg_16_bn", "c10"): (87.3, 78.6),
-    ("resnet_56", "e5"): (22.4, 27.3), ("resnet_56", "v5"): (42.8, 47.4), ("resnet_56", "e"): (71.8, 72.3),
-    ("densenet_40", "c_soft"): (23.1, 20.8), ("densenet_40", "e"): (40.4, 38.8),
-    ("densenet_40", "c_hard"): (56.7, 52.9),
-    ("googlenet", "v"): (23.3, 20.4), ("googlenet", "e_moderate"): (53.5, 57.2), ("googlenet", "e_hard"): (65.9, 74.3),
-    ("mobilenet_v2", "v_moderate"): (43.8, 42.0), ("mobilenet_v2", "v_hard"): (65.6, 60.0),
-    ("resnet_50", "v_soft"): (40.8, 44.8), ("resnet_50", "c_moderate"): (44.2, 48.7),
-    ("resnet_50", "v_hard"): (56.7, 62.8), ("resnet_50", "v_extreme"): (68.6, 76.7),
-}
 #: Criteria in plot order (the paper's three first).
 _CRITERION_ORDER = ("cosine_sim", "Euclide_dis", "VBD_dis", "Manhattan_dis", "Pearson_sim", "SNR_dis", "l1", "l2",
                     "random")
@@ -378,8 +366,8 @@ def render_markdown(runs: Sequence[Run], root: Path | None = None) -> str:
         lines.append("| " + " | ".join(cells) + " |")
 
         for row in rows:
-            paper_p, paper_f = PAPER_DROPS.get((row.arch, row.script), (100 * (1 - row.params_m / base.params_m),
-                                                                         100 * (1 - row.flops_m / base.flops_m)))
+            paper_p, paper_f = row.drops or (100 * (1 - row.params_m / base.params_m),
+                                             100 * (1 - row.flops_m / base.flops_m))
             cells = [_label(row, duplicates), _pct(row.top1)]
             found = matches[(row.arch, row.script)]
             run = found[0] if found else None

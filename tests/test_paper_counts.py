@@ -28,3 +28,11 @@ def test_counting_leaves_no_thop_buffers_on_the_model():
     keys = set(model.state_dict())
     count_complexity(model, 32)
     assert set(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("row", CORING_ROWS, ids=lambda r: f"{r.arch}-{r.script}")
+def test_printed_reductions_agree_with_the_printed_sizes(row):
+    base = BASELINES[row.arch]
+    params_drop, flops_drop = row.drops
+    assert params_drop == pytest.approx(100 * (1 - row.params_m / base.params_m), abs=0.8)
+    assert flops_drop == pytest.approx(100 * (1 - row.flops_m / base.flops_m), abs=0.8)
