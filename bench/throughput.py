@@ -350,8 +350,11 @@ def _chart(results: list[dict[str, Any]], path: str) -> None:
         names = list(result["batches"][batches[0]]["images_per_s"])
         width = 0.8 / len(names)
         for k, name in enumerate(names):
-            ax.bar([x + width * k for x in range(len(batches))],
-                   [result["batches"][b]["images_per_s"][name] for b in batches], width, label=name)
+            bars = ax.bar([x + width * k for x in range(len(batches))],
+                          [result["batches"][b]["images_per_s"][name] for b in batches], width, label=name)
+            if name != "unpruned":
+                ax.bar_label(bars, [f"{result['batches'][b]['speedup'][name]:.2f}x" for b in batches], fontsize=7)
+        ax.set_ylim(top=1.3 * max(max(result["batches"][b]["images_per_s"].values()) for b in batches))
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(batches))], [f"batch {b}" for b in batches])
         where = result["device"] + (f", {result['threads']} threads" if result["device"] == "cpu" else "")
         title = f"{result['task']} ({where})"
@@ -359,7 +362,7 @@ def _chart(results: list[dict[str, Any]], path: str) -> None:
             title += "\nFLOPs " + ", ".join(f"{r:.2f}x" for r in result["flops_ratio"].values())
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("images / s")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
