@@ -110,5 +110,6 @@ class CocoEvaluator:
             with contextlib.redirect_stdout(buffer := io.StringIO()):
                 evaluator.summarize()
             stats[iou_type] = {name: float(v) for name, v in zip(names, evaluator.stats)}
-            text.append(f"IoU metric: {iou_type}\n{buffer.getvalue().rstrip()}")
+            text.append(f"IoU metric: {iou_type} ({len(results)} detections on {len(self.outputs)} images)\n"
+                        f"{buffer.getvalue().rstrip()}")
         return stats, "\n".join(text)

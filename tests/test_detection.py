@@ -6,6 +6,7 @@ with the detectors' proposal counts turned down, so the file stays fast.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,32 @@ def test_fpn_rate_out_of_range_is_a_clear_error() -> None:
 def test_prune_from_without_an_fpn_rate_is_a_one_line_error(capsys: pytest.CaptureFixture) -> None:
     assert det_train.main(["--dataset", "tiny", "--prune-from", "model_25.pth", "--device", "cpu"]) == 2
     assert "--prune-from needs --fpn-rate > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_and_score_like_one(tiny: Path, tmp_path: Path) -> None:
+    """Two gloo processes under torchrun: one set of checkpoints, and COCO scores equal to a 1-process evaluation
+    of the same weights (the evaluation shards are gathered by image id; 3 images do not split evenly)."""
+    job = tmp_path / "ddp"
+    args = ["--model", "fasterrcnn", "--data-path", str(tiny), "--compress_rate", RATE, "--limit-val", "3",
+            "--epochs", "1", *SMALL_ARGS, "-b", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "detection" / "train.py"), *args, "--output-dir", str(job)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in job.glob("*.pth")) == ["checkpoint.pth", "model_0.pth"]
+    rows = (job / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2
+    header, values = rows[0].split(","), rows[1].split(",")
+    distributed_ap = float(values[header.index("bbox_AP")])
+    single = det_train.run_training([*args, "--output-dir", str(tmp_path / "single"), "--test-only",
+                                     "--weights", str(job / "model_0.pth")])
+    assert single["stats"]["bbox"]["AP"] == pytest.approx(distributed_ap, abs=1e-9)
+
+    def scored(run_dir: Path) -> list[str]:
+        (log,) = (run_dir / "logs").iterdir()
+        return [line.split("IoU metric: ")[1] for line in log.read_text().splitlines() if "IoU metric" in line]
+
+    # box_detections_per_img = 4 at score threshold 0: all 3 images' detections, each counted once
+    assert scored(job) == scored(tmp_path / "single") == ["bbox (12 detections on 3 images)"]
