@@ -323,7 +323,7 @@ def _report(result: dict[str, Any]) -> str:
         lines.append(f"  batch {batch:>3}: images/s {ips} (medians of {len(r['times_s']['unpruned']['wall'])})")
         for name, spd in r["speedup"].items():
             spd_cpu = r["speedup_cpu_time"][name]
-            of = ((f" = {spd / ratio[name]:.2f} of FLOPs ratio", f" = {spd_cpu / ratio[name]:.2f}") if ratio
+            of = ((f" = {spd / ratio[name]:.3f} of FLOPs ratio", f" = {spd_cpu / ratio[name]:.3f}") if ratio
                   else ("", ""))
             lines.append(f"      {name:>10}: speed-up wall {spd:.2f}x{of[0]}; CPU time {spd_cpu:.2f}x{of[1]}")
     if "breakdown_s" in result:
