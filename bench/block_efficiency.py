@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from bench.throughput import DEFAULT_RATE, _jit, fold_batchnorm
+from main.counting import conv_linear_macs
 
-__all__ = ["model_parts", "part_macs", "run", "main"]
+__all__ = ["model_parts", "run", "main"]
 
 
 def model_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -38,25 +39,6 @@ def model_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
         parts += [(f"layer{s}.{b}", block) for b, block in enumerate(stage)]
     parts.append(("head", nn.Sequential(model.avgpool, nn.Flatten(), model.fc)))
     return parts
-
-
-def part_macs(module: nn.Module, x: torch.Tensor) -> int:
-    """Conv and linear multiply-accumulates of one call of ``module`` on ``x``."""
-    total = 0
-
-    def count(layer: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        per_output = layer.weight.numel() // layer.weight.shape[0]
-        total += per_output * (output.numel() // x.shape[0] if isinstance(layer, nn.Conv2d) else layer.out_features)
-
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total * x.shape[0]
 
 
 def _median_seconds(calls: dict[str, Any], repeats: int) -> dict[str, float]:
@@ -85,7 +67,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{'time ratio':>10}")
     for (name, unpruned), (_, pruned) in zip(model_parts(models["unpruned"]), model_parts(models["pruned"])):
         parts = {"unpruned": unpruned.eval(), "pruned": pruned.eval()}
-        macs = {k: part_macs(m, inputs[k]) for k, m in parts.items()}
+        macs = {k: conv_linear_macs(m, inputs[k]) for k, m in parts.items()}
         traced = {k: _jit(m, inputs[k]) for k, m in parts.items()}
         calls = {k: (lambda f=f, k=k: f(inputs[k])) for k, f in traced.items()}
         _median_seconds(calls, 3)  # warm-up

@@ -182,30 +182,11 @@ def detection_models(rate: str, size: int, proposals: int = 1000, fpn_rate: floa
 
 
 def padded_macs(model: nn.Module, input_size: int, block: int = 8) -> int:
-    """Conv and linear multiply-accumulates with every conv's channels (but the image's 3) rounded up to ``block``."""
-    total = 0
+    """Conv and linear multiply-accumulates of one image with every conv's channels (but the image's 3) rounded up
+    to ``block``."""
+    from main.counting import conv_linear_macs
 
-    def pad(channels: int) -> int:
-        return channels if channels <= 3 else -(-channels // block) * block
-
-    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            c_in, c_out = pad(module.in_channels), pad(module.out_channels)
-            if module.groups > 1:  # grouped / depthwise: left unpadded
-                c_in, c_out = module.in_channels // module.groups, module.out_channels
-            total += c_out * c_in * module.kernel_size[0] * module.kernel_size[1] * output[0, 0].numel()
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.rand(1, 3, input_size, input_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
+    return conv_linear_macs(model.eval(), torch.rand(1, 3, input_size, input_size), channel_block=block)
 
 
 def _thop_macs(model: nn.Module, inputs: tuple) -> int:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["Complexity", "count_complexity", "count_conv_linear"]
+__all__ = ["Complexity", "count_complexity", "count_conv_linear", "conv_linear_macs"]
 
 
 @dataclass(frozen=True)
@@ -52,37 +52,47 @@ def _dummy_input(model: nn.Module, input_size: int) -> torch.Tensor:
     return torch.randn(1, 3, input_size, input_size, device=parameter.device, dtype=parameter.dtype)
 
 
-def count_conv_linear(model: nn.Module, input_size: int) -> tuple[int, int]:
-    """Params and MACs of convs (bias included) and linear layers only."""
+def conv_linear_macs(model: nn.Module, inputs: torch.Tensor, *, channel_block: int = 1) -> int:
+    """Multiply-accumulates of the convs and linear layers in one call of ``model`` on ``inputs`` (the whole batch),
+    bias additions included.
+
+    ``channel_block`` > 1 rounds the input and output channels of every ungrouped conv (except a 3-channel image
+    input) up to a multiple of it: what kernels that compute channels in SIMD-sized blocks actually do.
+    """
     macs = 0
+
+    def padded(channels: int) -> int:
+        return channels if channels <= 3 else -(-channels // channel_block) * channel_block
 
     def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
         nonlocal macs
-        out_elements = output.numel() // output.shape[0]
-        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        macs += out_elements * per_output + (out_elements if module.bias is not None else 0)
+        c_in, c_out = module.in_channels // module.groups, module.out_channels
+        if module.groups == 1:
+            c_in, c_out = padded(c_in), padded(c_out)
+        positions = output.numel() // output.shape[1]
+        macs += positions * c_out * c_in * module.kernel_size[0] * module.kernel_size[1]
+        macs += output.numel() if module.bias is not None else 0
 
     def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
         nonlocal macs
-        outputs = output.numel() // output.shape[0]
-        macs += outputs * module.in_features + (outputs if module.bias is not None else 0)
+        macs += output.numel() * module.in_features + (output.numel() if module.bias is not None else 0)
 
-    handles, params = [], 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-        else:
-            continue
-        params += sum(p.numel() for p in module.parameters(recurse=False))
+    handles = [module.register_forward_hook(conv_hook if isinstance(module, nn.Conv2d) else linear_hook)
+               for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model(_dummy_input(model, input_size))
+            model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return params, macs
+    return macs
+
+
+def count_conv_linear(model: nn.Module, input_size: int) -> tuple[int, int]:
+    """Params and MACs (one image) of convs (bias included) and linear layers only."""
+    params = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                 for p in m.parameters(recurse=False))
+    return params, conv_linear_macs(model, _dummy_input(model, input_size))
 
 
 def _thop(model: nn.Module, input_size: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Params and FLOPs of every CORING row (and baseline) land within 3% of the paper's tables."""
 import pytest
+import torch
 
 from main.counting import count_complexity
 from main.paper_tables import BASELINES, CORING_ROWS
@@ -36,3 +37,15 @@ def test_printed_reductions_agree_with_the_printed_sizes(row):
     params_drop, flops_drop = row.drops
     assert params_drop == pytest.approx(100 * (1 - row.params_m / base.params_m), abs=0.8)
     assert flops_drop == pytest.approx(100 * (1 - row.flops_m / base.flops_m), abs=0.8)
+
+
+def test_conv_linear_macs_count_the_whole_batch_and_leave_grouped_convs_unpadded():
+    from torch import nn
+
+    from main.counting import conv_linear_macs
+
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False),
+                        nn.Flatten(), nn.Linear(6 * 5 * 5, 2, bias=False))
+    one_image = 6 * 3 * 9 * 25 + 6 * 1 * 9 * 25 + 150 * 2
+    assert conv_linear_macs(net, torch.rand(2, 3, 5, 5)) == 2 * one_image
+    assert conv_linear_macs(net, torch.rand(1, 3, 5, 5), channel_block=8) == 8 * 3 * 9 * 25 + 6 * 9 * 25 + 150 * 2
