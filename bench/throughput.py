@@ -250,10 +250,14 @@ def detection_breakdown(model: nn.Module, image: torch.Tensor, repeats: int) -> 
     return {name: statistics.median(v[1:]) for name, v in parts.items()}  # the first call is a warm-up
 
 
-def _bench_task(task: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+def _bench_task(task: str, device: torch.device, args: argparse.Namespace,
+                flops_cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Time one task's models on ``device``; FLOPs are counted once per task (``flops_cache``), not per thread count."""
     models = (classification_models(args.compress_rate) if task == "classification"
               else detection_models(args.compress_rate, args.size, args.proposals, args.fpn_rate))
-    result: dict[str, Any] = {"task": task, "device": str(device), "mode": args.mode, **_flops(task, models, args)}
+    if task not in flops_cache:
+        flops_cache[task] = _flops(task, models, args)
+    result: dict[str, Any] = {"task": task, "device": str(device), "mode": args.mode, **flops_cache[task]}
     cuda = device.type == "cuda"
     size = args.input_size if task == "classification" else args.size
     models = {name: deploy(task, m, args.mode, device, size) for name, m in models.items()}
@@ -359,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "amp": args.amp}
     print(f"torch {header['torch']}, default threads {header['default_threads']}, {header['cpu_count']} CPUs, "
           f"load average {header['load_avg_before']}, CUDA: {header['cuda']}, rate {args.compress_rate}")
-    results = []
+    results, flops_cache = [], {}
     for device_name in devices:
         device = torch.device(device_name)
         thread_counts = args.threads or sorted({1, header["default_threads"]})
@@ -367,7 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if threads:
                 torch.set_num_threads(threads)
             for task in args.tasks:
-                result = {"threads": torch.get_num_threads(), **_bench_task(task, device, args)}
+                result = {"threads": torch.get_num_threads(), **_bench_task(task, device, args, flops_cache)}
                 print(_report(result), flush=True)
                 results.append(result)
     torch.set_num_threads(header["default_threads"])
