@@ -26,6 +26,7 @@ from detection.models import ResNet50Body, fasterrcnn, keypointrcnn, maskrcnn
 from detection.tiny_coco import KEYPOINT_NAMES, make_tiny_coco
 from main.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models import build_model
+from tests.helpers import randomise_batchnorm
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = "[0.]+[0.5]*3+[0.6]*16"
@@ -44,11 +45,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backbone_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pruned ResNet-50 checkpoint as the classification code writes it (DDP prefix, fc included)."""
     torch.manual_seed(1)
-    net = build_model("resnet_50", RATE)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    net = randomise_batchnorm(build_model("resnet_50", RATE))
     path = tmp_path_factory.mktemp("ckpt") / "pruned_resnet50.pth.tar"
     save_checkpoint({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3,
                      "best_top1_acc": 12.5}, path)

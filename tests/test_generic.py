@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from main.generic import (GenericModelError, count_ops, load_state_strict, load_user_model, prune_generic,
                           rebuild_from_checkpoint, save_generic)
 from main.prune import prune
 from models import build_model
 from models.vgg import CONV_POSITIONS
+from tests.helpers import randomise_batchnorm
 
 USER_MODEL = textwrap.dedent('''
     import torch
@@ -49,16 +49,6 @@ def user_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny_net.py"
     path.write_text(USER_MODEL)
     return path
-
-
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------- specs
@@ -104,7 +94,7 @@ def test_user_class_gets_num_classes_when_it_accepts_it(user_file):
 def test_user_module_prunes_to_a_flop_target_saves_and_reloads(user_file, tmp_path):
     torch.manual_seed(0)
     spec = f"{user_file}:TinyNet"
-    model = _randomise_bn(load_user_model(spec, 10)).eval()
+    model = randomise_batchnorm(load_user_model(spec, 10)).eval()
     x = torch.randn(2, 3, 32, 32)
     pruned, record = prune_generic(model, x[:1], flops_target=0.4, criterion="Euclide_dis")
     assert record["flops_after"] <= 0.6 * record["flops_before"]
@@ -147,7 +137,7 @@ def test_exactly_one_target(user_file):
 
 def test_rate_zero_gives_back_the_original(user_file):
     torch.manual_seed(1)
-    model = _randomise_bn(load_user_model(f"{user_file}:TinyNet", 10)).eval()
+    model = randomise_batchnorm(load_user_model(f"{user_file}:TinyNet", 10)).eval()
     x = torch.randn(2, 3, 32, 32)
     pruned, record = prune_generic(model, x[:1], channel_ratio=0.0)
     assert record["history"] == []
@@ -179,7 +169,7 @@ def test_vgg16_generic_and_builtin_paths_keep_the_same_filters(criterion, strate
     computes the importance of every group before it prunes any. Pruning layer by layer would not match.
     """
     torch.manual_seed(3)
-    model = _randomise_bn(build_model("vgg_16_bn")).eval()
+    model = randomise_batchnorm(build_model("vgg_16_bn")).eval()
     builtin = prune(model, "vgg_16_bn", VGG_RATES, criterion, strategy)
     layers = {f"features.conv{pos}": rate for pos, rate in zip(CONV_POSITIONS, VGG_RATES)}
     x = torch.randn(2, 3, 32, 32)
@@ -240,7 +230,7 @@ def test_cli_loads_pretrained_weights_strictly(user_file, tmp_path, capsys):
 
     spec = f"{user_file}:TinyNet"
     torch.manual_seed(4)
-    weights = _randomise_bn(load_user_model(spec, 10))
+    weights = randomise_batchnorm(load_user_model(spec, 10))
     torch.save({"state_dict": weights.state_dict(), "epoch": 3}, tmp_path / "base.pth.tar")
     common = ["--model", spec, "--compress_rate", "0.25", "--dataset", "digits", "--device", "cpu",
               "--bn_recalib", "32", "--limit_test", "32", "--skip_baseline_eval"]

@@ -7,6 +7,7 @@ from main.compress import parse_compress_rate
 from main.prune import prune, prune_model, shot_rates
 from main.surgery import SurgeryError, transfer_weights
 from models import arch_spec, build_model, channel_layout, list_models
+from tests.helpers import randomise_batchnorm
 
 SPEC_RATE = {
     "vgg_16_bn": "[0.21]*7+[0.75]*5",
@@ -23,14 +24,9 @@ SPEC_RATE = {
 def _randomised(arch: str, seed: int = 0) -> nn.Module:
     """An eval-mode model with non-trivial BatchNorm statistics and affine parameters."""
     torch.manual_seed(seed)
-    model = build_model(arch).double().eval()
+    model = randomise_batchnorm(build_model(arch).double().eval())
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-        elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
             module.bias.data.uniform_(-0.2, 0.2)
     return model
 

@@ -10,18 +10,14 @@ from torch import nn
 
 from bench.throughput import fold_batchnorm, main as throughput_main, padded_macs
 from models import build_model
+from tests.helpers import randomise_batchnorm
 
 RATE = "[0.]+[0.5]*3+[0.6]*16"
 
 
 def test_folding_batchnorm_keeps_the_output() -> None:
     torch.manual_seed(0)
-    net = build_model("resnet_50", RATE).eval()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
+    net = randomise_batchnorm(build_model("resnet_50", RATE).eval())
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = net(x)
