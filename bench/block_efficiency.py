@@ -11,12 +11,6 @@ convolutions less efficiently.
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python bench/block_efficiency.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import statistics
 import time
@@ -27,7 +21,8 @@ import torch
 from torch import nn
 
 from bench.throughput import DEFAULT_RATE, _jit, fold_batchnorm
-from main.counting import conv_linear_macs
+from coring.counting import conv_linear_macs
+from models import build_model
 
 __all__ = ["model_parts", "run", "main"]
 
@@ -54,7 +49,6 @@ def _median_seconds(calls: dict[str, Any], repeats: int) -> dict[str, float]:
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every part of both models; prints a table and returns its rows."""
-    from models import build_model
 
     torch.set_num_threads(args.threads)
     models = {name: fold_batchnorm(build_model("resnet_50", rate).eval()).to(memory_format=torch.channels_last)

@@ -25,9 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coring.generic import (
+    NOT_CNN_PREFIXES,
+    _tp_version,
+    load_user_model,
+    prune_generic,
+    rebuild_from_checkpoint,
+    save_generic,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 #: Input side per model where 64 is too small (inception_v3's stem needs >= 75).
 INPUT_SIZE = {"inception_v3": 80}
@@ -41,7 +48,6 @@ FAILURE_NOTES = {
 
 def skip_reason(name: str) -> str | None:
     """Why a torchvision classification model is not pruned by the sweep, or None."""
-    from main.generic import NOT_CNN_PREFIXES
 
     if name.startswith(NOT_CNN_PREFIXES):
         return ("not a CNN (attention blocks): CORING ranks conv filters, and Torch-Pruning needs per-model "
@@ -53,7 +59,6 @@ def run_one(name: str, ratio: float, criterion: str, strategy: str, num_classes:
     """Prune one torchvision model, save, reload, compare; a dict of plain results (raises on failure)."""
     import torch
 
-    from main.generic import load_user_model, prune_generic, rebuild_from_checkpoint, save_generic
 
     torch.manual_seed(0)
     size = INPUT_SIZE.get(name, DEFAULT_SIZE)
@@ -115,7 +120,7 @@ def sweep_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if proc.returncode == 0 and result_lines:
         result = json.loads(result_lines[-1])
     else:
-        reason = _one_line(proc.stderr or proc.stdout).replace("main.generic.GenericModelError: ", "")
+        reason = _one_line(proc.stderr or proc.stdout).replace("coring.generic.GenericModelError: ", "")
         note = next((text for prefix, text in FAILURE_NOTES.items() if name.startswith(prefix)), None)
         result = {"name": name, "status": "failed", "reason": reason + (f" ({note})" if note else "")}
     result["seconds_total"] = round(time.perf_counter() - start, 1)
@@ -130,7 +135,6 @@ def write_markdown(results: list[dict[str, Any]], path: Path, args: argparse.Nam
     import torch
     import torchvision
 
-    from main.generic import _tp_version
 
     ok = [r for r in results if r["status"] == "ok"]
     bad = [r for r in results if r["status"] == "failed"]
@@ -147,8 +151,8 @@ def write_markdown(results: list[dict[str, Any]], path: Path, args: argparse.Nam
         f"(`{args.criterion}` / `{args.strategy}`, one shot, uniform ratio; the classifier's outputs are kept). "
         "FLOPs are multiply-accumulates by `torch_pruning.utils.count_ops_and_params` at the input size shown. "
         "\"Reload\" is the saved checkpoint read with `torch.load(weights_only=True)`, rebuilt by "
-        "`main.generic.rebuild_from_checkpoint` (pruning history replayed), outputs compared with the pruned "
-        "model's: `exact` means bitwise equal. \"prune s\" is the time of `main.generic.prune_generic` (tracing, "
+        "`coring.generic.rebuild_from_checkpoint` (pruning history replayed), outputs compared with the pruned "
+        "model's: `exact` means bitwise equal. \"prune s\" is the time of `coring.generic.prune_generic` (tracing, "
         f"ranking, surgery) on {args.threads} torch thread(s) of a shared 2-core CPU.",
         "",
         f"{len(ok)} pruned, {len(bad)} failed, {len(skipped)} skipped (not CNNs).",

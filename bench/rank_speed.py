@@ -3,7 +3,7 @@
 For every prunable channel group of VGG-16-BN (13 convs), ResNet-56 (stem, 27 block conv1, stage-1 and stage-2
 outputs = the stage's conv2s together; stage-3 outputs are never pruned) and ResNet-50 (stem, 16 conv1 and
 16 conv2 mid groups, stage-1..3 outputs = all conv3 + downsample convs of the stage together; stage-4 outputs
-are never pruned), it times the batched engine of ``main.rank``:
+are never pruned), it times the batched engine of ``coring.rank``:
 
 - per group (one ``group_saliency`` call each), and
 - the whole model in one ``rank_groups`` call (what the pruning code does; equal-width groups share one loop).
@@ -24,21 +24,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import tensorly as tl  # noqa: E402
 import torch  # noqa: E402
 from tensorly.base import unfold  # noqa: E402
 
-from main import rank  # noqa: E402
+from coring import rank  # noqa: E402
+from models import build_model
 
 ARCHS = ("vgg_16_bn", "resnet_56", "resnet_50")
 Groups = list[tuple[str, list[torch.Tensor]]]
@@ -86,8 +84,6 @@ def load_convs(arch: str, seed: int) -> tuple[dict[str, torch.Tensor], str]:
     """Conv weights by name: from ``models.build_model(arch)`` if importable and matching, else random."""
     shapes = conv_shapes(arch)
     try:
-        from models import build_model
-
         torch.manual_seed(seed)
         model = build_model(arch)
         found = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -5,7 +5,7 @@ For every conv of VGG-16-BN it times the N x N metric matrix of a criterion comp
 - on the full flattened filters (vectors of length Cin*k*k), and
 - on the HOSVD summaries (vectors of length Cin, k, k), decomposition time INCLUDED,
 
-both with the batched engine of ``main.rank`` (best of ``--repeats``). Unless ``--no-per-pair``, it also times
+both with the batched engine of ``coring.rank`` (best of ``--repeats``). Unless ``--no-per-pair``, it also times
 the paper's protocol (``main/measure_time.py`` upstream: one metric call per ordered pair, flattened filters vs
 the mode-0 factor u0 only, decomposition excluded) on ``--pairs`` random pairs per layer, extrapolated to all
 N^2 pairs and labelled "est.".
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import matplotlib  # noqa: E402
 
@@ -34,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench.rank_speed import load_convs, paper_metric, timed  # noqa: E402
-from main import rank  # noqa: E402
+from coring import rank  # noqa: E402
 
 
 def per_pair_seconds(vectors: list[torch.Tensor], criterion: str, pairs: list[tuple[int, int]], n: int) -> float:
@@ -74,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     per_pair = not args.no_per_pair
 
     print(f"VGG-16-BN, criterion {crit}, device {device}, torch threads {torch.get_num_threads()}; weights: {source}")
-    print("batched = main.rank engine (Gram matrices, float64), best of", args.repeats,
+    print("batched = coring.rank engine (Gram matrices, float64), best of", args.repeats,
           "; HOSVD time includes the decomposition of every filter")
     if per_pair:
         print(f"per-pair = the paper's protocol (one metric call per ordered pair; full vs mode-0 factor u0, "

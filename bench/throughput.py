@@ -22,7 +22,7 @@ other there. By default each task is measured with 1 thread, then with torch's d
 larger (``--threads 2 4`` picks others). For detection, a per-part CPU-time
 breakdown at batch 1 (resize/normalise, backbone, FPN, RPN, ROI heads) shows what pruning can and cannot speed up.
 
-FLOPs (multiply-accumulates): classification ``main.counting.count_complexity`` (min of thop and ptflops) at
+FLOPs (multiply-accumulates): classification ``coring.counting.count_complexity`` (min of thop and ptflops) at
 224, and, for the record, the ratio with every conv's channels rounded up to the CPU's SIMD block of 8 (oneDNN's
 blocked layouts on AVX/AVX2 compute padded channels, so widths such as 25 or 51 cost as much as 32 or 56);
 detection thop on the whole detector at ``--size`` (backbone, FPN, RPN and ROI heads; RoIAlign and NMS are not
@@ -30,12 +30,6 @@ counted) and, separately, on backbone+FPN. The detector's random weights still p
 proposals, so its box-head cost is the real one.
 """
 from __future__ import annotations
-
-if __package__ in (None, ""):  # run as ``python bench/throughput.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
 import contextlib
@@ -52,6 +46,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from coring.counting import conv_linear_macs, count_complexity
+from detection.detectors import fasterrcnn
+from detection.fpn_pruning import prune_fpn
+from models import build_model
 
 __all__ = ["get_args_parser", "time_interleaved", "fold_batchnorm", "deploy", "classification_models",
            "detection_models", "padded_macs", "detection_breakdown", "run", "main"]
@@ -160,15 +159,11 @@ def deploy(task: str, model: nn.Module, mode: str, device: torch.device, size: i
 
 
 def classification_models(rate: str) -> dict[str, nn.Module]:
-    from models import build_model
-
     return {"unpruned": build_model("resnet_50"), "pruned": build_model("resnet_50", rate)}
 
 
 def detection_models(rate: str, size: int, proposals: int = 1000, fpn_rate: float = 0.0) -> dict[str, nn.Module]:
     """Faster R-CNN unpruned, on the pruned backbone and, when ``fpn_rate`` > 0, with a CORING-pruned FPN too."""
-    from detection.fpn_pruning import prune_fpn
-    from detection.models import fasterrcnn
 
     kwargs = {"min_size": size, "max_size": size, "norm_layer": "bn", "rpn_post_nms_top_n_test": proposals}
     torch.manual_seed(0)
@@ -184,7 +179,6 @@ def detection_models(rate: str, size: int, proposals: int = 1000, fpn_rate: floa
 def padded_macs(model: nn.Module, input_size: int, block: int = 8) -> int:
     """Conv and linear multiply-accumulates of one image with every conv's channels (but the image's 3) rounded up
     to ``block``."""
-    from main.counting import conv_linear_macs
 
     return conv_linear_macs(model.eval(), torch.rand(1, 3, input_size, input_size), channel_block=block)
 
@@ -206,8 +200,6 @@ def _flops(task: str, models: dict[str, nn.Module], args: argparse.Namespace) ->
     if args.no_flops:
         return {}
     if task == "classification":
-        from main.counting import count_complexity
-
         counts = {n: count_complexity(m, args.input_size).flops for n, m in models.items()}
         padded = {n: padded_macs(m, args.input_size) for n, m in models.items()}
         return {"flops": counts, "flops_ratio": _ratios(counts),

@@ -2,7 +2,7 @@
 
     python bench/train_speed.py --arch resnet_56 --batch_size 128 --iters 20 --rounds 3
 
-* fine-tuning loop: ``main.engine.train_one_epoch`` over the on-device uint8 loader (``DeviceTensorLoader``:
+* fine-tuning loop: ``coring.engine.train_one_epoch`` over the on-device uint8 loader (``DeviceTensorLoader``:
   batched RandomCrop(32, 4) + flip + normalisation on the device), the per-iteration schedule, the NaN guard,
   train top-1/top-5 bookkeeping, a progress bar (on a terminal) and text logging every ``--log_every`` iterations
   into a temporary job dir.
@@ -16,25 +16,24 @@ Target on a 2-core CPU: fine-tuning loop >= 0.9x the bare loop.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import os
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from main.cli import resolve_device  # noqa: E402
-from main.engine import autocast, make_grad_scaler, prepare_model, train_one_epoch  # noqa: E402
-from main.run_logging import RunLogger  # noqa: E402
-from main.schedule import build_schedule  # noqa: E402
+from coring.device import resolve_device  # noqa: E402
+from coring.engine import autocast, make_grad_scaler, prepare_model, train_one_epoch  # noqa: E402
+from coring.run_logging import RunLogger  # noqa: E402
+from coring.schedule import build_schedule  # noqa: E402
+from data.device_loader import DeviceTensorLoader
+from models import arch_spec, build_model
 
 
 def _sync(device: torch.device) -> None:
@@ -59,8 +58,6 @@ def bench(arch: str, compress_rate: str | None, batch_size: int, iters: int, dev
           rounds: int = 3, warmup: int = 3, log_every: int = 10, amp: bool = True,
           channels_last: bool = True, lr: float = 0.01) -> dict:
     """Run both loops; return images/s per round and the medians."""
-    from data.device_loader import DeviceTensorLoader
-    from models import arch_spec, build_model
 
     size = arch_spec(arch).input_size
     torch.manual_seed(0)

@@ -15,36 +15,15 @@ shards are not (each sample counted exactly once: all-reduce the counts).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-
-class DataNotFoundError(FileNotFoundError):
-    """A data set's files are missing; the one-line message says what to put where."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model and a loader need to know about a data set (mean/std for images in [0, 1])."""
-
-    name: str
-    num_classes: int
-    image_size: int
-    mean: tuple
-    std: tuple
-
-
-@dataclass
-class Loaders:
-    """Train and test loaders of one data set, with its info."""
-
-    train: Iterable
-    test: Iterable
-    info: DatasetInfo
-
+from data import imagenet
+from data.cifar import load_cifar10
+from data.common import DataNotFoundError, DatasetInfo, Loaders, spread_indices
+from data.device_loader import DeviceTensorLoader
+from data.digits import load_digits_split
+from data.synthetic import synthetic_cifar, synthetic_imagenet
 
 # Constants duplicated from the submodules so that `import data` stays light; tests check they agree.
 DATASETS: dict[str, DatasetInfo] = {
@@ -67,15 +46,6 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}") from None
-
-
-def spread_indices(n: int, limit: int) -> np.ndarray:
-    """``limit`` indices spread evenly over ``0..n-1`` (a fixed subset that spans every class of a sorted set)."""
-    if limit <= 0:
-        raise ValueError(f"a limit must be positive, got {limit}")
-    if limit >= n:
-        return np.arange(n)
-    return np.floor(np.arange(limit) * (n / limit)).astype(np.int64)
 
 
 def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +90,6 @@ def build_loaders(
     )
     eval_batch_size = eval_batch_size or batch_size
     if name in ("imagenet", "synthetic_imagenet"):
-        from data import imagenet
-
         common = dict(
             eval_batch_size=eval_batch_size,
             device=device,
@@ -139,8 +107,6 @@ def build_loaders(
         if name == "imagenet":
             train, test = imagenet.build_imagenet_loaders(data_dir or DEFAULT_DATA_DIRS[name], batch_size, **common)
         else:
-            from data.synthetic import synthetic_imagenet
-
             train_set, val_set = synthetic_imagenet(num_classes=info.num_classes, image_size=info.image_size)
             train, test = imagenet.build_dataset_loaders(
                 train_set.with_transform, val_set.with_transform, batch_size, **common
@@ -148,18 +114,11 @@ def build_loaders(
         return Loaders(train, test, info)
 
     if name == "digits":
-        from data.digits import load_digits_split
-
         tensors = load_digits_split()
     elif name == "cifar10":
-        from data.cifar import load_cifar10
-
         tensors = load_cifar10(data_dir or DEFAULT_DATA_DIRS[name])
     else:
-        from data.synthetic import synthetic_cifar
-
         tensors = synthetic_cifar(num_classes=info.num_classes, image_size=info.image_size)
-    from data.device_loader import DeviceTensorLoader
 
     train_x, train_y = _limit(tensors[0], tensors[1], limit_train)
     test_x, test_y = _limit(tensors[2], tensors[3], limit_test)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data import DataNotFoundError
+from data.common import DataNotFoundError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

@@ -15,7 +15,6 @@ wrapper has ``set_epoch(e)`` and yields batches already on the device (channels_
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
 from torchvision.transforms import v2
 
-from data import DataNotFoundError, spread_indices
+from data.common import DataNotFoundError, spread_indices
 from data.device_loader import derived_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from main.distributed import is_distributed
+from coring.distributed import is_distributed
 
 __all__ = ["CocoEvaluator", "STAT_NAMES", "iou_types_for"]
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from coring.distributed import all_reduce_sum, is_distributed, unwrap
 from detection.coco_eval import CocoEvaluator
-from main.distributed import all_reduce_sum, is_distributed, unwrap
 
 __all__ = ["train_one_epoch", "evaluate", "to_device", "NonFiniteLossError"]
 

@@ -3,7 +3,7 @@
 Pruning the ResNet-50 alone leaves most of a detector's cost in place: at 800x800 the FPN, the RPN head and the
 box head make about 60 % of Faster R-CNN's multiply-accumulates, so backbone pruning caps the whole-detector
 FLOPs ratio near 1.5x. This module prunes the three channel spaces that follow the backbone, in the layout
-language of ``models.layout`` so that the generic ranking (``main.selection``) and surgery (``main.surgery``) do
+language of ``models.layout`` so that the generic ranking (``coring.selection``) and surgery (``coring.surgery``) do
 the work:
 
 * ``fpn.inner``: the lateral 1x1 convs' outputs, one space for all levels (the top-down path adds them);
@@ -14,12 +14,14 @@ the work:
 * ``rpn.conv``: the RPN's 3x3 conv outputs, read by its objectness and box-delta convs.
 
 Each space is ranked from the filters of all its convs together (the pairwise matrices are averaged). The slim
-detector is built by ``detection.models`` with the same ``fpn_rate``; its width sets how many channels stay.
+detector is built by ``detection.detectors`` with the same ``fpn_rate``; its width sets how many channels stay.
 """
 from __future__ import annotations
 
 from torch import nn
 
+from coring.selection import select_channels
+from coring.surgery import transfer_weights
 from models.layout import ChannelLayout, LayoutBuilder
 
 __all__ = ["fpn_layout", "prune_fpn"]
@@ -57,8 +59,6 @@ def prune_fpn(full: nn.Module, slim: nn.Module, criterion: str = "VBD_dis", stra
     Returns the kept channel indices of every group. Widths come from ``slim``; a detector whose other parts
     differ from ``full`` is a ``SurgeryError`` naming the first tensor that does not fit.
     """
-    from main.selection import select_channels
-    from main.surgery import transfer_weights
 
     layout = fpn_layout(full)
     keep, _ = select_channels(full, layout, layout.widths(slim), criterion, strategy)

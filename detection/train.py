@@ -1,7 +1,6 @@
 """Train and evaluate Faster R-CNN, Mask R-CNN or Keypoint R-CNN on a pruned ResNet-50-FPN (COCO format).
 
 The recipe of torchvision's detection references (the paper's base, upstream-coring.md 5)::
-
     torchrun --nproc_per_node=8 detection/train.py --model maskrcnn --data-path data/coco \\
         --compress_rate "[0.]+[0.1]*3+[0.35]*16" --weights-backbone pruned_resnet50.pth.tar \\
         --epochs 26 --lr-steps 16 22 --lr 0.02 -b 2
@@ -20,12 +19,6 @@ channels are chosen by CORING and inherit their weights (``detection.fpn_pruning
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python detection/train.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
 import sys
@@ -36,17 +29,17 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from detection.coco_eval import CocoEvaluator, iou_types_for
-from detection.data import build_dataset, eval_loader, set_epoch, train_loader
+from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from coring.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
+from coring.run_logging import RunLogger
 from data import DataNotFoundError
+from detection.coco_data import build_dataset, eval_loader, set_epoch, train_loader
+from detection.coco_eval import CocoEvaluator, iou_types_for
+from detection.detectors import DEFAULT_COMPRESS_RATE, DETECTORS, NORM_LAYERS, build_detector
 from detection.engine import NonFiniteLossError, evaluate, train_one_epoch
 from detection.fpn_pruning import prune_fpn
-from detection.models import DEFAULT_COMPRESS_RATE, DETECTORS, NORM_LAYERS, build_detector
 from detection.tiny_coco import make_tiny_coco
-from main.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from main.compress import CompressRateError
-from main.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
-from main.run_logging import RunLogger
+from models.compress import CompressRateError
 
 __all__ = ["get_args_parser", "resolve_args", "build_model", "build_loaders", "run", "run_training", "main",
            "METRIC_FIELDS"]

@@ -15,12 +15,6 @@ models draw few or no boxes above ``--score-thresh``.
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python detection/visualize.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import sys
 import time
@@ -32,7 +26,9 @@ import torch
 from PIL import Image, ImageDraw, ImageSequence
 from torch import nn
 
-from detection.models import DETECTORS, build_detector
+from coring.checkpoint import CheckpointError, load_weights
+from coring.device import resolve_device
+from detection.detectors import DETECTORS, build_detector
 from detection.tiny_coco import SKELETON
 
 __all__ = ["get_args_parser", "read_frames", "timed_detect", "draw_detections", "visualize", "main"]
@@ -147,8 +143,6 @@ def _side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
 
 def _load_model(args: argparse.Namespace, compress_rate: str | None, weights: str | None,
                 device: torch.device, fpn_rate: float = 0.0) -> nn.Module:
-    from main.checkpoint import load_weights
-
     kwargs: dict[str, Any] = {"min_size": args.min_size, "max_size": args.max_size,
                               "rpn_post_nms_top_n_test": args.proposals}
     model = build_detector(args.model, compress_rate, norm_layer="bn", fpn_rate=fpn_rate, **kwargs)
@@ -159,7 +153,6 @@ def _load_model(args: argparse.Namespace, compress_rate: str | None, weights: st
 
 def visualize(args: argparse.Namespace) -> dict[str, Any]:
     """Run both models on every frame, write the side-by-side output; returns mean FPS and the output path."""
-    from main.cli import resolve_device
 
     device = resolve_device(args.device)
     models = {"unpruned": _load_model(args, None, args.baseline_weights, device),
@@ -203,8 +196,6 @@ def visualize(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from main.checkpoint import CheckpointError
-
     args = get_args_parser().parse_args(argv)
     try:
         visualize(args)

@@ -10,28 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from coring.checkpoint import CheckpointError
+from data import DATASETS, DataNotFoundError
+from models import list_models
 
 __all__ = [
     "add_model_args", "add_data_args", "add_device_args", "add_rank_args", "add_optim_args",
-    "add_output_args", "resolve_device", "run_reporting_errors", "ensure_repo_on_path", "REPO_ROOT",
+    "add_output_args", "run_reporting_errors", "REPO_ROOT",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def ensure_repo_on_path() -> None:
-    """Make ``python main/X.py`` import the repository's packages (not ``main/`` itself)."""
-    root = str(REPO_ROOT)
-    main_dir = str(REPO_ROOT / "main")
-    sys.path[:] = [p for p in sys.path if p not in (main_dir, "")]
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
 def add_model_args(parser: argparse.ArgumentParser, *, require_arch: bool = True) -> argparse._ArgumentGroup:
-    from models import list_models
-
     group = parser.add_argument_group("Model")
     group.add_argument("--arch", required=require_arch, choices=list_models(), help="architecture")
     group.add_argument("--compress_rate", "-cpr", default=None,
@@ -43,8 +34,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, require_arch: bool = True
 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str = "cifar10",
                   default_batch_size: int = 256) -> argparse._ArgumentGroup:
-    from data import DATASETS
-
     group = parser.add_argument_group("Dataset")
     group.add_argument("--dataset", default=default_dataset, choices=sorted(DATASETS), help="dataset name")
     group.add_argument("--data_dir", default=None, help="dataset directory (not used by the embedded 'digits')")
@@ -109,8 +98,6 @@ def run_reporting_errors(body: Callable[..., Any], *args: Any) -> int:
     """Run an entry point's body; bad input (a missing file or directory, a checkpoint that does not fit, a
     malformed value) becomes one ``error: ...`` line on stderr and exit status 2. Returns the body's int status
     (0 when it returns anything else)."""
-    from data import DataNotFoundError
-    from main.checkpoint import CheckpointError
 
     try:
         status = body(*args)
@@ -118,13 +105,3 @@ def run_reporting_errors(body: Callable[..., Any], *args: Any) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """Turn ``--device`` into a torch.device; 'auto' picks CUDA when available."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for CUDA but no CUDA device is available")
-    return device

@@ -27,15 +27,6 @@ interrupted epoch exactly as an uninterrupted run would.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    import os as _os
-    import sys as _sys
-
-    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
-    from main.cli import ensure_repo_on_path
-
-    ensure_repo_on_path()
-
 import argparse
 import math
 import os
@@ -50,13 +41,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from coring.distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, unwrap, wrap_ddp
+from coring.engine import NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch
+from coring.rebuild import model_from_checkpoint
+from coring.run_logging import RunLogger, plot_curves, write_json
+from coring.schedule import build_schedule
 from data import build_loaders
-from main.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from main.cli import add_data_args, add_device_args, add_model_args, add_optim_args, add_output_args
-from main.distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, unwrap, wrap_ddp)
-from main.engine import (NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch)
-from main.run_logging import RunLogger, plot_curves, write_json
-from main.schedule import build_schedule
+from main.cli import (
+    add_data_args,
+    add_device_args,
+    add_model_args,
+    add_optim_args,
+    add_output_args,
+    run_reporting_errors,
+)
 from models import num_outputs
 
 __all__ = ["RECIPES", "build_parser", "parse_args", "make_args", "run_finetune", "main", "CHECKPOINT_NAME",
@@ -191,13 +190,11 @@ def _default_log_every(args: argparse.Namespace, iters_per_epoch: int) -> int:
 
 
 def _build_model(args: argparse.Namespace, source: Any, num_classes: int) -> nn.Module:
-    import models
-
     meta = source if isinstance(source, dict) else {}
     if args.arch is None and meta.get("arch") is None:
         raise ValueError("no architecture: pass --arch (the checkpoint does not record one)")
     classes = args.num_classes or meta.get("num_classes") or num_classes
-    model = models.model_from_checkpoint(meta, args.arch, args.compress_rate, classes)
+    model = model_from_checkpoint(meta, args.arch, args.compress_rate, classes)
     if source is not None:
         load_weights(model, source)
     return model
@@ -389,8 +386,6 @@ def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from main.cli import run_reporting_errors
-
     try:
         return run_reporting_errors(run_finetune, parse_args(argv))
     except NonFiniteLossError as exc:

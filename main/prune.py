@@ -2,78 +2,29 @@
 
 Library: ``prune_model(model, arch, compress_rate, criterion, strategy)`` and ``prune(...)`` (which also
 returns the kept channels). Command line::
-
     python main/prune.py --arch resnet_56 --compress_rate "[0.]+[0.18]*29" --dry_run [--json]
     python main/prune.py --arch resnet_56 --compress_rate "[0.]+[0.18]*29" --pretrain_dir base.pth.tar \
         --criterion Euclide_dis --strategy min_sum --shot 5 --dataset cifar10 --data_dir data/cifar10 --job_dir J
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python main/prune.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
-from dataclasses import dataclass
 from typing import Sequence
 
-import torch
-from torch import nn
-
-from main.compress import as_rate_list
-from main.selection import select_channels
-from main.surgery import transfer_weights
-from models import arch_spec, build_model, channel_layout, num_outputs
+from coring.generic import run_generic_prune
+from coring.planning import format_plan, plan_compression
+from coring.pruning import PruneResult, prune, prune_model, shot_rates  # noqa: F401  (public interface)
+from coring.pruning_run import run_prune
+from main import cli
+from main.cli import run_reporting_errors
+from models import arch_spec
+from models.compress import as_rate_list
 
 __all__ = ["PruneResult", "prune", "prune_model", "shot_rates", "build_parser", "main"]
 
 
-@dataclass
-class PruneResult:
-    """The slim model, the kept channel indices per group and the saliencies that chose them."""
-
-    model: nn.Module
-    keep: dict[str, torch.Tensor]
-    saliency: dict[str, torch.Tensor]
-
-
-def prune(model: nn.Module, arch: str, compress_rate: str | Sequence[float], criterion: str = "VBD_dis",
-          strategy: str = "min_sum", *, seed: int = 0, cache=None, num_classes: int | None = None) -> PruneResult:
-    """Slim ``model`` (any ``build_model(arch, ...)`` instance, pruned or not) to ``build_model(arch, compress_rate)``.
-
-    Rates are measured against the original widths, so a model already pruned at a lower rate can be
-    pruned further (K-shot). The slim model is on ``model``'s device, in ``model``'s train/eval mode.
-    """
-    layout = channel_layout(model, arch)
-    parameter = next(model.parameters())
-    classes = num_classes if num_classes is not None else num_outputs(model)
-    slim = build_model(arch, compress_rate, classes).to(device=parameter.device, dtype=parameter.dtype)
-    dst_widths = channel_layout(slim, arch).widths(slim)
-    keep, saliency = select_channels(model, layout, dst_widths, criterion, strategy, seed=seed, cache=cache)
-    transfer_weights(model, slim, layout, keep)
-    slim.train(model.training)
-    return PruneResult(slim, keep, saliency)
-
-
-def prune_model(model: nn.Module, arch: str, compress_rate: str | Sequence[float], criterion: str = "VBD_dis",
-                strategy: str = "min_sum") -> nn.Module:
-    """The slim model of ``build_model(arch, compress_rate)`` holding the kept weights of ``model``."""
-    return prune(model, arch, compress_rate, criterion, strategy).model
-
-
-def shot_rates(rates: Sequence[float], shots: int) -> list[list[float]]:
-    """Rates of each round of K-shot pruning: r/K, r/(K-1), ..., r (upstream-coring.md 3.3)."""
-    if shots < 1:
-        raise ValueError(f"--shot must be >= 1, got {shots}")
-    return [[r / (shots - s) for r in rates] for s in range(shots)]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from main import cli
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_model_args(parser, require_arch=False)
@@ -109,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from main.cli import run_reporting_errors
 
     return run_reporting_errors(_dispatch, parser, args)
 
@@ -118,15 +68,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.random_rank:
         args.criterion = "random"
     if args.model is not None:
-        from main.generic import run_generic_prune
-
         run_generic_prune(args)
         return 0
     if args.arch is None:
         parser.error("--arch (or --model) is required")
     if args.dry_run:
-        from main.planning import format_plan, plan_compression
-
         plan = plan_compression(args.arch, args.compress_rate)
         print(json.dumps(plan) if args.json else format_plan(plan))
         return 0
@@ -135,7 +81,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     as_rate_list(args.compress_rate, arch_spec(args.arch).num_rates, args.arch)  # fail fast on a bad rate
     if args.pretrain_dir is None:
         parser.error("--pretrain_dir (the trained checkpoint to prune) is required; use --dry_run to only plan")
-    from main.pruning_run import run_prune
 
     run_prune(args)
     return 0

@@ -8,18 +8,20 @@ Every step is the same code the command-line tools run.
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python main/quickstart.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from coring.checkpoint import load_checkpoint, load_weights
+from coring.latency import measure_latency
+from coring.pruning_run import run_prune
+from main import prune as prune_entry
+from main import test as test_entry
+from main.finetune import make_args, run_finetune
+from models import build_model
 
 __all__ = ["run_quickstart", "main"]
 
@@ -42,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(job_dir: Path, epochs: int, lr: float, args: argparse.Namespace, **extra) -> dict:
-    from main.finetune import make_args, run_finetune
-
     run_args = make_args(dataset="digits", epochs=epochs, lr=lr, lr_type="cos", warmup_epochs=1,
                          weight_decay=5e-4, batch_size=args.batch_size, job_dir=str(job_dir), device=args.device,
                          limit_train=args.limit_train, initial_eval=False, **extra)
@@ -51,13 +51,6 @@ def _train(job_dir: Path, epochs: int, lr: float, args: argparse.Namespace, **ex
 
 
 def run_quickstart(args: argparse.Namespace) -> dict:
-    from main import prune as prune_entry
-    from main import test as test_entry
-    from main.checkpoint import load_checkpoint, load_weights
-    from main.latency import measure_latency
-    from main.pruning_run import run_prune
-    from models import build_model
-
     job = Path(args.job_dir)
     print(f"[1/4] training the {args.arch} baseline on digits for {args.baseline_epochs} epochs")
     _train(job / "baseline", args.baseline_epochs, 0.05, args, arch=args.arch)

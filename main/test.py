@@ -1,7 +1,6 @@
 """Evaluate a checkpoint: top-1/top-5 on the test split, params and FLOPs by every counter.
 
 The paper's command lines work unchanged, e.g.::
-
     python main/test.py --dataset cifar10 --data_dir data/cifar10 --arch resnet_56 \
         --compress_rate [0.]+[0.18]*29 --model_path ./pruned_model/cifar10/resnet56/soft/model_best.pth.tar
 
@@ -11,16 +10,17 @@ buffers); a checkpoint that does not fit the architecture is a one-line error. T
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):  # run as ``python main/test.py``
-    import sys
-    from pathlib import Path
-
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import argparse
 import json
 from typing import Sequence
 
+from coring.checkpoint import load_checkpoint, load_weights
+from coring.counting import count_complexity
+from coring.device import resolve_device
+from coring.engine import evaluate, prepare_model
+from coring.rebuild import model_from_checkpoint
+from coring.run_logging import RunLogger
+from data import build_loaders, dataset_info
 from main import cli
 
 __all__ = ["build_parser", "run_test", "main"]
@@ -43,14 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_test(args: argparse.Namespace) -> dict:
     """Evaluate ``args.model_path``; returns the results that are printed."""
-    from data import build_loaders, dataset_info
-    from main.checkpoint import load_checkpoint, load_weights
-    from main.counting import count_complexity
-    from main.engine import evaluate, prepare_model
-    from main.run_logging import RunLogger
-    from models import model_from_checkpoint
 
-    device = cli.resolve_device(args.device)
+    device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.model_path)
     info = dataset_info(args.dataset)
     num_classes = args.num_classes or checkpoint.get("num_classes") or info.num_classes

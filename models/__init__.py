@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from torch import nn
 
+# Importing the families registers them.
+from models import densenet, googlenet, mobilenet_v2, resnet_cifar, resnet_imagenet, vgg  # noqa: E402,F401
 from models.layout import ChannelGroup, ChannelLayout
 from models.registry import ArchSpec, arch_spec, build_model, list_models, register_model
 
-# Importing the families registers them.
-from models import vgg, resnet_cifar, densenet, googlenet, mobilenet_v2, resnet_imagenet  # noqa: E402,F401
-
 __all__ = ["build_model", "list_models", "register_model", "arch_spec", "ArchSpec", "channel_layout",
-           "ChannelGroup", "ChannelLayout", "model_from_checkpoint", "num_outputs"]
+           "ChannelGroup", "ChannelLayout", "num_outputs"]
 
 
 def num_outputs(model: nn.Module) -> int | None:
@@ -29,21 +28,3 @@ def channel_layout(model: nn.Module, arch: str | None = None) -> ChannelLayout:
     if name is None:
         raise ValueError("model has no 'arch' attribute; pass arch=")
     return arch_spec(name).layout(model)
-
-
-def model_from_checkpoint(checkpoint: dict, arch: str | None = None, compress_rate: str | None = None,
-                          num_classes: int | None = None) -> nn.Module:
-    """Build the model a checkpoint needs: CLI values win, else what the checkpoint recorded.
-
-    Checkpoints of networks pruned through ``prune.py --model`` (any CNN) are rebuilt from their record.
-    """
-    if "generic" in checkpoint:  # written by main.generic.save_generic
-        from main.generic import rebuild_from_checkpoint
-
-        return rebuild_from_checkpoint(checkpoint)
-    arch = arch or checkpoint.get("arch")
-    if arch is None:
-        raise ValueError("the checkpoint does not record its architecture; pass --arch")
-    rate = compress_rate if compress_rate is not None else checkpoint.get("compress_rate")
-    classes = num_classes if num_classes is not None else checkpoint.get("num_classes")
-    return build_model(arch, rate, classes)

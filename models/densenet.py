@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from main.compress import kept_width
+from models.compress import kept_width
 from models.init import he_normal_init
 from models.layout import ChannelLayout, LayoutBuilder
 from models.registry import register_model

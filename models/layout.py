@@ -6,7 +6,7 @@ stage), plus any depthwise conv that follows them. Its *producers* are the modul
 channels are the group (sliced on dim 0); its *scored* convs are those whose filters rank it.
 A module's *inputs* list the groups whose channels, concatenated in order, make up its input channels
 (sliced on dim 1 of a conv or linear weight, dim 0 of a BatchNorm that consumes them).
-Generic code (``main.surgery``) reads this to rank, slice and copy weights for any architecture.
+Generic code (``coring.surgery``) reads this to rank, slice and copy weights for any architecture.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from main.compress import kept_width
+from models.compress import kept_width
 from models.init import he_normal_init
 from models.layout import ChannelLayout, LayoutBuilder
 from models.registry import register_model

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from main.compress import as_rate_list
+from models.compress import as_rate_list
 from models.layout import ChannelLayout
 
 __all__ = ["ArchSpec", "register_model", "build_model", "list_models", "arch_spec"]

@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from main.compress import kept_width
+from models.compress import kept_width
 from models.layout import ChannelLayout, LayoutBuilder
 from models.registry import register_model
 

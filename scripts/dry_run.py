@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from main.paper_tables import CORING_ROWS  # noqa: E402
+from coring.paper_tables import CORING_ROWS  # noqa: E402
 
 __all__ = ["ScriptRun", "DryRun", "run_all", "TORCHRUN_ROW", "ABLATION", "main"]
 

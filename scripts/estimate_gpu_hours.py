@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 IMAGES = {"cifar10": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
 
@@ -39,11 +37,11 @@ def _load_generate():
 
 
 def estimate(tmacs_cifar: float = 5.0, tmacs_imagenet: float = 30.0, imagenet_ips: float = 2500.0) -> list[dict]:
-    from main.compress import as_rate_list
-    from main.counting import count_conv_linear
-    from main.paper_tables import CORING_ROWS
-    from main.prune import shot_rates
+    from coring.counting import count_conv_linear
+    from coring.paper_tables import CORING_ROWS
+    from coring.pruning import shot_rates
     from models import arch_spec, build_model
+    from models.compress import as_rate_list
 
     recipes = _load_generate().RECIPES
     out = []

@@ -3,7 +3,7 @@
     python scripts/generate.py           # (re)write the row scripts
     python scripts/generate.py --check   # exit 1 if a committed script differs from what would be written
 
-The row (criterion, K, compress rate, expected params/FLOPs, notes) comes from ``main.paper_tables.CORING_ROWS``;
+The row (criterion, K, compress rate, expected params/FLOPs, notes) comes from ``coring.paper_tables.CORING_ROWS``;
 the training recipe of each row (epochs, schedule, weight decay, batch) and the paper script it comes from are
 below (upstream-coring.md sections 2.8 and 3.4). Shared shell code lives in ``scripts/lib/common.sh``.
 """
@@ -15,11 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from main.paper_tables import BASELINES, CORING_ROWS, PaperRow  # noqa: E402
-from main.report import TABLE_TITLES  # noqa: E402
+from coring.paper_tables import BASELINES, CORING_ROWS, PaperRow  # noqa: E402
+from coring.report import TABLE_TITLES  # noqa: E402
 
 __all__ = ["Recipe", "RECIPES", "PAPER_SCRIPTS", "render_row", "expected_files", "main"]
 

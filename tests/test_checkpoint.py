@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from main import checkpoint as ckpt
-from main.checkpoint import (
+from coring import checkpoint as ckpt
+from coring.checkpoint import (
     CheckpointError,
     checkpoint_metadata,
     extract_state_dict,

@@ -1,10 +1,10 @@
 """The paper's compress-rate grammar, parsed without eval."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from main.compress import (CompressRateError, as_rate_list, format_compress_rate, kept_width,
-                           parse_compress_rate)
 from models import build_model
+from models.compress import CompressRateError, as_rate_list, format_compress_rate, kept_width, parse_compress_rate
 
 
 def test_paper_strings_parse_to_the_documented_lists():

@@ -6,9 +6,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from main.coring_importance import CoringImportance, ranks_from_saliency, scored_layers
-from main.rank import group_saliency, select_from_saliency
-
+from coring.coring_importance import CoringImportance, ranks_from_saliency, scored_layers
+from coring.rank import group_saliency, select_from_saliency
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

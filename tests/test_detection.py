@@ -17,14 +17,19 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from coring.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from data import DataNotFoundError
 from detection import train as det_train
+from detection.coco_data import (
+    GroupedBatchSampler,
+    RandomHorizontalFlip,
+    aspect_ratio_groups,
+    build_dataset,
+    check_coco_layout,
+)
 from detection.coco_eval import CocoEvaluator
-from detection.data import (GroupedBatchSampler, RandomHorizontalFlip, aspect_ratio_groups, build_dataset,
-                            check_coco_layout)
-from detection.models import ResNet50Body, fasterrcnn, keypointrcnn, maskrcnn
+from detection.detectors import ResNet50Body, fasterrcnn, keypointrcnn, maskrcnn
 from detection.tiny_coco import KEYPOINT_NAMES, make_tiny_coco
-from main.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models import build_model
 from tests.helpers import randomise_batchnorm
 

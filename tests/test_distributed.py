@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from main.checkpoint import load_checkpoint
-from main.distributed import (DistInfo, all_reduce_min, all_reduce_sum, barrier, broadcast_buffers,
-                              init_distributed, unwrap, wrap_ddp)
+from coring.checkpoint import load_checkpoint
+from coring.distributed import (
+    DistInfo,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    unwrap,
+    wrap_ddp,
+)
+from coring.run_logging import read_metrics
 from main.finetune import CHECKPOINT_NAME, make_args, run_finetune
-from main.run_logging import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH, RATE = "resnet_56", "[0.]+[0.9]*29"

@@ -9,10 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from main.engine import (EvalResult, NonFiniteLossError, accuracy, amp_dtype, check_finite, evaluate,
-                         make_grad_scaler, recalibrate_bn, train_one_epoch)
-from main.run_logging import METRIC_FIELDS, RunLogger, plot_curves, read_metrics
-from main.schedule import LRSchedule, build_schedule, parse_milestones
+from coring.engine import (
+    EvalResult,
+    NonFiniteLossError,
+    accuracy,
+    amp_dtype,
+    check_finite,
+    evaluate,
+    make_grad_scaler,
+    recalibrate_bn,
+    train_one_epoch,
+)
+from coring.run_logging import METRIC_FIELDS, RunLogger, plot_curves, read_metrics
+from coring.schedule import LRSchedule, build_schedule, parse_milestones
 
 
 # ---------------------------------------------------------------------------------------------- schedules

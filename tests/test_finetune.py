@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from main.checkpoint import load_checkpoint, save_checkpoint
-from main.engine import NonFiniteLossError, evaluate
+from coring.checkpoint import load_checkpoint, save_checkpoint
+from coring.engine import NonFiniteLossError, evaluate
+from coring.run_logging import read_metrics
 from main.finetune import BEST_NAME, CHECKPOINT_NAME, main, make_args, parse_args, run_finetune
-from main.run_logging import read_metrics
 from models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,8 +180,8 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result_as_an_uninterrupted_run
 
 
 def test_resume_tidies_a_save_cut_off_by_a_kill(tmp_path):
+    from coring.run_logging import RunLogger
     from main.finetune import _repair_after_kill
-    from main.run_logging import RunLogger
 
     state = {"state_dict": {"w": torch.zeros(1)}, "epoch": 2, "best_epoch": 2}
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)

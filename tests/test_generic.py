@@ -5,9 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from main.generic import (GenericModelError, count_ops, load_state_strict, load_user_model, prune_generic,
-                          rebuild_from_checkpoint, save_generic)
-from main.prune import prune
+from coring.generic import (
+    GenericModelError,
+    count_ops,
+    load_state_strict,
+    load_user_model,
+    prune_generic,
+    rebuild_from_checkpoint,
+    save_generic,
+)
+from coring.pruning import prune
 from models import build_model
 from models.vgg import CONV_POSITIONS
 from tests.helpers import randomise_batchnorm
@@ -186,7 +193,7 @@ def test_vgg16_generic_and_builtin_paths_keep_the_same_filters(criterion, strate
 
 def test_vgg16_layer_by_layer_ranking_would_differ():
     """The check above has teeth: ranking conv k after conv k-1 lost input channels changes the kept set."""
-    from main.rank import filter_saliency, select_from_saliency
+    from coring.rank import filter_saliency, select_from_saliency
 
     torch.manual_seed(3)
     model = build_model("vgg_16_bn")
@@ -201,7 +208,9 @@ def test_vgg16_layer_by_layer_ranking_would_differ():
 @pytest.mark.slow
 def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp_path, capsys):
     """prune.py --model writes pruned.pth.tar; finetune.py and test.py read it through model_from_checkpoint."""
-    from main import finetune, prune as prune_cli, test as test_cli
+    from main import finetune
+    from main import prune as prune_cli
+    from main import test as test_cli
 
     job = tmp_path / "prune"
     assert prune_cli.main(["--model", f"{user_file}:TinyNet", "--flops_target", "0.3", "--dataset", "digits",

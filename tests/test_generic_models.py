@@ -10,8 +10,15 @@ import pytest
 import torch
 import torchvision
 
-from main.generic import (GenericModelError, NOT_CNN_PREFIXES, count_ops, load_user_model, prune_generic,
-                          rebuild_from_checkpoint, save_generic)
+from coring.generic import (
+    NOT_CNN_PREFIXES,
+    GenericModelError,
+    count_ops,
+    load_user_model,
+    prune_generic,
+    rebuild_from_checkpoint,
+    save_generic,
+)
 
 FAST = ["resnet18", "mobilenet_v3_small", "densenet121", "efficientnet_b0", "regnet_x_400mf", "googlenet",
         "squeezenet1_0", "mnasnet0_5", "inception_v3"]  # mnasnet: its state dict keeps version metadata

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from main.paper_tables import CORING_ROWS
+from coring.paper_tables import CORING_ROWS
 from models import arch_spec, build_model, channel_layout, list_models
 
 # Every compress rate of upstream-coring.md 2.8 (scripts and table rows), per arch.

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from main.counting import count_complexity
-from main.paper_tables import BASELINES, CORING_ROWS
+from coring.counting import count_complexity
+from coring.paper_tables import BASELINES, CORING_ROWS
 from models import arch_spec, build_model
 
 ROWS = list(BASELINES.values()) + list(CORING_ROWS)
@@ -42,7 +42,7 @@ def test_printed_reductions_agree_with_the_printed_sizes(row):
 def test_conv_linear_macs_count_the_whole_batch_and_leave_grouped_convs_unpadded():
     from torch import nn
 
-    from main.counting import conv_linear_macs
+    from coring.counting import conv_linear_macs
 
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False),
                         nn.Flatten(), nn.Linear(6 * 5 * 5, 2, bias=False))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from coring.checkpoint import load_checkpoint
+from coring.pruning_run import run_prune
 from main import prune as prune_entry
-from main.checkpoint import load_checkpoint
-from main.pruning_run import run_prune
 from models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,13 +93,13 @@ def test_prune_run_writes_a_checkpoint_that_test_and_finetune_load(tmp_path, bas
 
 def test_rank_cache_is_reused_when_nothing_changed(tmp_path, baseline, monkeypatch):
     run_prune(_prune_args(tmp_path, baseline, "--skip_baseline_eval"))
-    import main.rank as rank
+    import coring.rank as rank
 
     def fail(*args, **kwargs):
         raise AssertionError("ranked again although the cache holds these ranks")
 
     monkeypatch.setattr(rank, "rank_groups", fail)
-    monkeypatch.setattr("main.rank_cache.rank_groups", fail)
+    monkeypatch.setattr("coring.rank_cache.rank_groups", fail)
     run_prune(_prune_args(tmp_path, baseline, "--skip_baseline_eval"))
 
 

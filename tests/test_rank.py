@@ -1,4 +1,4 @@
-"""The batched ranking engine (main.rank) against a readable per-filter, per-pair reference.
+"""The batched ranking engine (coring.rank) against a readable per-filter, per-pair reference.
 
 The reference here is written the way the paper's code works: tensorly unfolding + SVD one filter at a time, a
 Python double loop calling the metric per pair, and a greedy loop that rescans the whole matrix every step.
@@ -16,8 +16,8 @@ import tensorly as tl
 import torch
 from tensorly.base import unfold
 
-from main import rank
-from main.rank import (
+from coring import rank
+from coring.rank import (
     PAPER_CRITERIA,
     STRATEGIES,
     filter_summaries,
@@ -34,7 +34,7 @@ from main.rank import (
 # Reference implementation (readable, slow)
 # ----------------------------------------------------------------------------------------------------------------
 
-CONST_TOL = 1e-12  # same definition of a "constant" vector as main.rank documents
+CONST_TOL = 1e-12  # same definition of a "constant" vector as coring.rank documents
 
 
 def ref_canonical_sign(u: torch.Tensor) -> torch.Tensor:

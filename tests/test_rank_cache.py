@@ -1,4 +1,4 @@
-"""The per-model saliency cache (main.rank_cache): hits while nothing changed, misses otherwise, survives reload."""
+"""The per-model saliency cache (coring.rank_cache): hits while nothing changed, misses otherwise, survives reload."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from unittest import mock
 import pytest
 import torch
 
-from main import rank_cache
-from main.rank import filter_saliency
-from main.rank_cache import RankCache, weights_hash
+from coring import rank_cache
+from coring.rank import filter_saliency
+from coring.rank_cache import RankCache, weights_hash
 
 
 @pytest.fixture()

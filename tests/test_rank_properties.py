@@ -1,4 +1,4 @@
-"""Properties of the CORING ranking (main.rank) that hold for any layer: duplicates go first, permutation
+"""Properties of the CORING ranking (coring.rank) that hold for any layer: duplicates go first, permutation
 equivariance, scale/sign invariance, degenerate modes without NaN, exact greedy tie-breaks, clear errors.
 
 Random layers are drawn from seeds (continuous Gaussian data, so no accidental ties); hypothesis runs
@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from main import rank
-from main.rank import (
+from coring import rank
+from coring.rank import (
     BASELINE_CRITERIA,
     CRITERIA,
     PAPER_CRITERIA,

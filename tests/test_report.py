@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from main import report
-from main.paper_tables import BASELINES, CORING_ROWS
+from coring import report
+from coring.paper_tables import BASELINES, CORING_ROWS
+from main import report as report_entry
 from tests.test_scripts import dry_run  # noqa: F401  (the session's dry runs, run once)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -164,7 +165,7 @@ def _row_line(out: Path, row) -> dict[str, str]:
 
 def test_missing_runs_say_not_run_and_the_plots_still_exist(tmp_path):
     (tmp_path / "runs").mkdir()
-    assert report.main(["--job_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert report_entry.main(["--job_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     tables = _tables((tmp_path / "out" / "table.md").read_text())
     for row in CORING_ROWS:
         line = next(r for r in tables[report.TABLE_TITLES[row.arch]] if r["Model"] == _label(row))
@@ -255,5 +256,5 @@ def test_runs_list_gpu_hours_from_the_epoch_times(tmp_path):
 
 
 def test_missing_job_dir_is_an_error(tmp_path, capsys):
-    assert report.main(["--job_dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert report_entry.main(["--job_dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "not a directory" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from main.paper_tables import CORING_ROWS
+from coring.paper_tables import CORING_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"

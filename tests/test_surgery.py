@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from main.compress import parse_compress_rate
-from main.prune import prune, prune_model, shot_rates
-from main.surgery import SurgeryError, transfer_weights
+from coring.pruning import prune, prune_model, shot_rates
+from coring.surgery import SurgeryError, transfer_weights
 from models import arch_spec, build_model, channel_layout, list_models
+from models.compress import parse_compress_rate
 from tests.helpers import randomise_batchnorm
 
 SPEC_RATE = {

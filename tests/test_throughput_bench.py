@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.throughput import fold_batchnorm, main as throughput_main, padded_macs
+from bench.throughput import fold_batchnorm, padded_macs
+from bench.throughput import main as throughput_main
 from models import build_model
 from tests.helpers import randomise_batchnorm
 

@@ -13,6 +13,7 @@ fewer than 5 classes "top-5" is therefore always 100%.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -24,11 +25,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from main.distributed import all_reduce_min, all_reduce_sum, is_distributed, unwrap
-from main.run_logging import get_logger
+from coring.distributed import all_reduce_min, all_reduce_sum, is_distributed, unwrap
+from coring.run_logging import get_logger
 
 __all__ = ["EvalResult", "TrainResult", "NonFiniteLossError", "accuracy", "evaluate", "train_one_epoch",
-           "recalibrate_bn", "check_finite", "amp_dtype", "make_grad_scaler", "prepare_model", "autocast"]
+           "recalibrate_bn", "evaluate_pruned", "check_finite", "amp_dtype", "make_grad_scaler", "prepare_model", "autocast"]
 
 log = get_logger("engine")
 
@@ -241,7 +242,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     """Train ``model`` for one pass over ``loader``.
 
     ``scheduler_step_fn(epoch, iteration) -> lr`` is called before each step (the per-iteration schedules of
-    ``main.schedule``). Every ``log_every`` iterations (0: never) and at the end the running loss/top-1/top-5 are
+    ``coring.schedule``). Every ``log_every`` iterations (0: never) and at the end the running loss/top-1/top-5 are
     logged in the paper's format and the NaN guard is checked. On a single CPU process the loss is checked
     every step (before the weights change); on CUDA or under DDP a device flag collects the first bad iteration
     and is checked (all ranks together) at log points and at the end, so there is no per-step sync and no rank
@@ -382,3 +383,20 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int, device: 
                 all_reduce_sum(bn.running_mean).div_(world)
                 all_reduce_sum(bn.running_var).div_(world)
     return seen
+
+
+def evaluate_pruned(model: nn.Module, loaders, device: torch.device, bn_images: int, *, amp: bool, log):
+    """Accuracy right after pruning, as transferred and after BN re-estimation on ``bn_images`` training images.
+
+    The re-estimation runs on a copy, so ``model`` keeps its transferred statistics. Returns
+    ``(as_transferred, adapted, images_used)`` and logs both accuracies.
+    """
+
+    pruned = evaluate(model, loaders.test, device, amp=amp, desc="pruned")
+    recalibrated = copy.deepcopy(model)
+    used = recalibrate_bn(recalibrated, loaders.train, bn_images, device, amp=amp)
+    adapted = evaluate(recalibrated, loaders.test, device, amp=amp, desc="pruned+BN")
+    log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", pruned.top1, pruned.top5)
+    log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used,
+             adapted.top1, adapted.top5)
+    return pruned, adapted, used

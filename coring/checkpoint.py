@@ -18,9 +18,8 @@ torchvision-reference dicts with a ``'model'`` key, ``module.`` prefixes of Data
 
 from __future__ import annotations
 
-import collections
-
 import argparse
+import collections
 import contextlib
 import os
 import pickle

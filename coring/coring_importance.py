@@ -3,12 +3,12 @@
 Torch-Pruning (``torch_pruning``, 1.6) finds the layers coupled by residual adds, concatenations and depthwise
 convs and groups them: a *group* is a set of ``(dependency, indices)`` items that must lose the same channels.
 Its pruners call an importance on every group and remove the channels of LOWEST importance, so a score here is
-"higher = keep", exactly as ``main.rank``'s saliency.
+"higher = keep", exactly as ``coring.rank``'s saliency.
 
 Which filters are scored
     Every conv (and linear) layer whose OUTPUT channels are in the group, not only the group's root: a residual
     stage's convs (ResNet's ``conv2``/``conv3`` of every block and the downsample conv) are coupled by the adds and
-    are ranked together with :func:`main.rank.group_saliency` (one averaged pairwise matrix, one greedy run), as
+    are ranked together with :func:`coring.rank.group_saliency` (one averaged pairwise matrix, one greedy run), as
     the built-in path treats residual stages (spec decision 5).
 Depthwise convs
     A depthwise conv (``groups == in_channels == out_channels``) whose channels are in the group follows the
@@ -26,7 +26,7 @@ Groups with no conv or linear output
     consumer) fall back to Torch-Pruning's group L2 magnitude, with a warning naming the group.
 
 The score returned is the channel's position in the stable ascending order of its saliency (0 = removed first),
-so Torch-Pruning's ``topk(largest=False)`` removes exactly the channels that :func:`main.rank.select_from_saliency`
+so Torch-Pruning's ``topk(largest=False)`` removes exactly the channels that :func:`coring.rank.select_from_saliency`
 drops, ties included (among equal saliencies the lower index goes first). Ranks are not comparable across groups:
 use local (per-group) pruning ratios, not ``global_pruning=True``.
 
@@ -41,7 +41,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from main.rank import canonical_criterion, canonical_strategy, rank_groups
+from coring.rank import canonical_criterion, canonical_strategy, rank_groups
 
 __all__ = ["CoringImportance", "is_depthwise", "ranks_from_saliency", "scored_layers"]
 
@@ -97,7 +97,7 @@ def scored_layers(group: tp.dependency.Group) -> list[tuple[str, Tensor]]:
 class CoringImportance(tp.importance.Importance):
     """CORING saliency of every channel of a Torch-Pruning group (higher = keep); see the module docstring.
 
-    ``criterion``: a ``main.rank`` criterion (``VBD_dis``, ``Euclide_dis``, ``cosine_sim``, ``Manhattan_dis``,
+    ``criterion``: a ``coring.rank`` criterion (``VBD_dis``, ``Euclide_dis``, ``cosine_sim``, ``Manhattan_dis``,
     ``Pearson_sim``, ``SNR_dis``, their aliases, or the baselines ``l1``, ``l2``, ``random``); ``strategy``:
     ``min_sum``, ``min_min`` or ``sum``; ``seed`` seeds ``random`` per group (keyed by the root layer's name).
     ``saliency`` keeps the last raw saliency computed for each root layer name (for inspection and tests).
@@ -130,7 +130,7 @@ class CoringImportance(tp.importance.Importance):
 def ranks_from_saliency(saliency: Tensor) -> Tensor:
     """Position of each channel in the stable ascending sort of ``saliency`` (float64, 0 = removed first).
 
-    Removing the ``k`` lowest ranks drops the same channels as ``main.rank.select_from_saliency(saliency, N - k)``.
+    Removing the ``k`` lowest ranks drops the same channels as ``coring.rank.select_from_saliency(saliency, N - k)``.
     """
     order = torch.argsort(saliency.detach().cpu(), stable=True)
     ranks = torch.empty_like(order, dtype=torch.float64)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from main.rank import canonical_criterion, canonical_strategy, rank_groups
+from coring.rank import canonical_criterion, canonical_strategy, rank_groups
 
 __all__ = ["RankCache", "weights_hash"]
 
@@ -129,7 +129,7 @@ class RankCache:
         *,
         seed: int = 0,
     ) -> list[Tensor]:
-        """:func:`main.rank.rank_groups` through the cache: hits are reused, misses ranked together and stored."""
+        """:func:`coring.rank.rank_groups` through the cache: hits are reused, misses ranked together and stored."""
         groups, names = list(groups), list(names)
         if len(groups) != len(names):
             raise ValueError(f"got {len(names)} names for {len(groups)} groups")

@@ -6,7 +6,7 @@
     python main/finetune.py --pretrained runs/r18/pruned.pth.tar --dataset cifar10 --job_dir runs/r18_ft
 
 * :func:`load_user_model` builds ``torchvision:NAME`` (``weights=None``) or ``path/to/file.py:ClassName``.
-* :func:`prune_generic` ranks every channel group with :class:`main.coring_importance.CoringImportance` and
+* :func:`prune_generic` ranks every channel group with :class:`coring.coring_importance.CoringImportance` and
   prunes with ``torch_pruning.pruner.BasePruner``: **uniform (local) pruning**, every group loses the same
   fraction ``r`` of its channels (CORING saliencies are removal orders inside a group, not comparable across
   groups, and the paper prunes per layer). For a FLOP or parameter target, ``r`` is the smallest multiple of
@@ -39,7 +39,14 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from main.coring_importance import CoringImportance, is_depthwise
+from coring.checkpoint import STATE_DICT_KEYS, extract_state_dict, load_checkpoint, save_checkpoint
+from coring.coring_importance import CoringImportance, is_depthwise
+from coring.counting import count_complexity
+from coring.device import resolve_device
+from coring.engine import evaluate, evaluate_pruned
+from coring.run_logging import RunLogger, write_json
+from data import build_loaders, dataset_info
+from models.compress import parse_compress_rate
 
 __all__ = [
     "GenericModelError",
@@ -447,7 +454,6 @@ def save_generic(path: str | Path, model: nn.Module, record: Mapping[str, Any], 
     absolute path is kept too, so the checkpoint rebuilds from another working directory. No object is
     pickled: the file loads with ``torch.load(weights_only=True)``. Returns the saved dict.
     """
-    from main.checkpoint import save_checkpoint
 
     meta = dict(meta)
     source = meta.pop("source", None) or record.get("source")
@@ -477,10 +483,9 @@ def load_state_strict(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
     """Load a checkpoint's weights strictly, keeping the state dict's ``_metadata``.
 
     Keys and shapes are checked first (one-line `GenericModelError` naming the first bad key and both shapes);
-    a state dict without metadata gets the model's own (``main.checkpoint.load_weights`` drops it, which
+    a state dict without metadata gets the model's own (``coring.checkpoint.load_weights`` drops it, which
     torchvision's MNASNet refuses).
     """
-    from main.checkpoint import STATE_DICT_KEYS, extract_state_dict
 
     state = OrderedDict(extract_state_dict(checkpoint))
     raw = next((checkpoint[k] for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)), checkpoint)
@@ -544,7 +549,6 @@ def _channel_ratio_arg(args: argparse.Namespace) -> float | None:
     text = getattr(args, "compress_rate", None)
     if text is None:
         return None
-    from main.compress import parse_compress_rate
 
     rates = parse_compress_rate(text)
     if len(set(rates)) != 1:
@@ -568,13 +572,6 @@ def run_generic_prune(args: argparse.Namespace) -> dict:
 
     Bad input raises ``GenericModelError`` (a ValueError) or the loaders' errors; ``prune.py`` prints them in one line.
     """
-    from data import build_loaders, dataset_info
-    from main.checkpoint import load_checkpoint
-    from main.cli import resolve_device
-    from main.counting import count_complexity
-    from main.engine import evaluate
-    from main.pruning_run import evaluate_pruned
-    from main.run_logging import RunLogger, write_json
 
     channel_ratio = _channel_ratio_arg(args)
     if sum(x is not None for x in (args.flops_target, args.params_target, channel_ratio)) != 1:

@@ -26,7 +26,7 @@ class PaperRow:
     flops_m: float      # table's FLOPs (MACs) in millions
     top5: float | None = None
     note: str = ""
-    counter: str = "min"  # the counter of main.counting that lands closest to the table's figures
+    counter: str = "min"  # the counter of coring.counting that lands closest to the table's figures
     # the table's printed params and FLOPs reductions in %: up to 0.7 point from 1 - row/baseline of the printed
     # sizes (rounding; the tables mix counting conventions)
     drops: tuple[float, float] | None = None

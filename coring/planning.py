@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from main.compress import as_rate_list, format_compress_rate
-from main.counting import count_complexity
+from coring.counting import count_complexity
 from models import arch_spec, build_model, channel_layout
+from models.compress import as_rate_list, format_compress_rate
 
 __all__ = ["plan_compression", "format_plan"]
 

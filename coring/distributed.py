@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from coring.device import resolve_device
+
 __all__ = ["DistInfo", "init_distributed", "wrap_ddp", "unwrap", "all_reduce_sum", "all_reduce_min",
            "broadcast_buffers", "barrier", "cleanup", "is_distributed"]
 
@@ -55,7 +57,6 @@ def init_distributed(device_arg: str | torch.device | None = "auto", *, timeout_
     ``device_arg`` is ``--device`` ('auto', 'cpu', 'cuda', 'cuda:N'). Under torchrun on CUDA the local rank
     chooses the GPU. Calling it again in a process whose group already exists reuses that group.
     """
-    from main.cli import resolve_device
 
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)

@@ -7,7 +7,6 @@ the transferred weights as they are (fine-tuning re-estimates the statistics in 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from pathlib import Path
@@ -15,35 +14,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from main.cli import resolve_device
-from main.prune import prune, shot_rates
+from coring.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from coring.counting import count_complexity
+from coring.device import resolve_device
+from coring.engine import evaluate, evaluate_pruned, prepare_model, train_one_epoch
+from coring.pruning import prune, shot_rates
+from coring.rank_cache import RankCache
+from coring.run_logging import RunLogger, write_json
+from coring.schedule import build_schedule
+from data import build_loaders, dataset_info
+from models import arch_spec, build_model
+from models.compress import as_rate_list
 
-__all__ = ["run_prune", "calibrate", "evaluate_pruned"]
-
-
-def evaluate_pruned(model: nn.Module, loaders, device: torch.device, bn_images: int, *, amp: bool, log):
-    """Accuracy right after pruning, as transferred and after BN re-estimation on ``bn_images`` training images.
-
-    The re-estimation runs on a copy, so ``model`` keeps its transferred statistics. Returns
-    ``(as_transferred, adapted, images_used)`` and logs both accuracies.
-    """
-    from main.engine import evaluate, recalibrate_bn
-
-    pruned = evaluate(model, loaders.test, device, amp=amp, desc="pruned")
-    recalibrated = copy.deepcopy(model)
-    used = recalibrate_bn(recalibrated, loaders.train, bn_images, device, amp=amp)
-    adapted = evaluate(recalibrated, loaders.test, device, amp=amp, desc="pruned+BN")
-    log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", pruned.top1, pruned.top5)
-    log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used,
-             adapted.top1, adapted.top5)
-    return pruned, adapted, used
+__all__ = ["run_prune", "calibrate"]
 
 
 def calibrate(model: nn.Module, loader, device: torch.device, epochs: int, lr: float, weight_decay: float, *,
               amp: bool, log, shot: int) -> None:
     """K-shot calibration: ``epochs`` of SGD (momentum 0.9, fresh optimizer, cosine without warm-up)."""
-    from main.engine import train_one_epoch
-    from main.schedule import build_schedule
 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     schedule = build_schedule(optimizer, "cos", lr, epochs, len(loader), warmup_epochs=0)
@@ -56,14 +44,6 @@ def calibrate(model: nn.Module, loader, device: torch.device, epochs: int, lr: f
 
 def run_prune(args: argparse.Namespace) -> dict:
     """Prune ``args.pretrain_dir`` to ``args.compress_rate``; writes ``<job_dir>/pruned.pth.tar`` and a summary."""
-    from data import build_loaders, dataset_info
-    from main.checkpoint import load_checkpoint, load_weights, save_checkpoint
-    from main.compress import as_rate_list
-    from main.counting import count_complexity
-    from main.engine import evaluate, prepare_model
-    from main.rank_cache import RankCache
-    from main.run_logging import RunLogger, write_json
-    from models import arch_spec, build_model
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)

@@ -4,7 +4,6 @@ The backbone is ``models.build_model('resnet_50', compress_rate)`` seen through 
 are what torchvision's ``IntermediateLayerGetter`` expects (``conv1, bn1, relu, maxpool, layer1..layer4``, the
 stages as ``nn.Sequential``). The state-dict keys are therefore exactly those of torchvision's
 ``fasterrcnn_resnet50_fpn``::
-
     backbone.body.conv1.weight, backbone.body.bn1.*, backbone.body.layer{1-4}.{i}.{conv,bn}{1-3}.*,
     backbone.body.layer{1-4}.0.downsample.{0,1}.*, backbone.fpn.inner_blocks.*, backbone.fpn.layer_blocks.*,
     rpn.*, roi_heads.*
@@ -34,9 +33,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from main.checkpoint import extract_state_dict, load_checkpoint, load_weights
-from main.compress import kept_width
+from coring.checkpoint import extract_state_dict, load_checkpoint, load_weights
 from models import build_model
+from models.compress import kept_width
 
 __all__ = ["ResNet50Body", "fpn_width", "resnet50_fpn_backbone", "load_backbone_weights", "fasterrcnn", "maskrcnn",
            "keypointrcnn", "build_detector", "DETECTORS", "DEFAULT_COMPRESS_RATE", "NORM_LAYERS"]

@@ -6,6 +6,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from coring.rank import rank_groups, select_from_saliency
 from models.layout import ChannelLayout
 
 __all__ = ["scoring_units", "select_channels"]
@@ -41,9 +42,8 @@ def select_channels(model: nn.Module, layout: ChannelLayout, dst_widths: Mapping
     """Kept channel indices (sorted) per group of ``model`` for the target widths, and the saliencies used.
 
     Groups that keep their width are not ranked. The groups of one unit are ranked together from all
-    their scored convs (``main.rank.rank_groups`` batches units of equal width through one greedy loop).
+    their scored convs (``coring.rank.rank_groups`` batches units of equal width through one greedy loop).
     """
-    from main.rank import rank_groups, select_from_saliency
 
     src_widths = layout.widths(model)
     modules = dict(model.named_modules())
