@@ -2,6 +2,8 @@
 
 * ``digits``: scikit-learn's handwritten digits, 32x32 RGB, fixed 1437/360 split (the embedded default);
 * ``cifar10``: ``<data_dir>/cifar-10-batches-py/`` (torchvision's layout); nothing is downloaded;
+* ``fashion_mnist``: the four idx files in ``<data_dir>`` (or its ``FashionMNIST/raw/``), by default Debian's
+  ``/usr/share/datasets/fashion-mnist/``; 28x28 grey padded to 32x32 RGB (`data.fashion_mnist`);
 * ``imagenet``: ``<data_dir>/train`` and ``<data_dir>/val`` ImageFolders (only ``val/`` to evaluate);
 * ``synthetic_cifar``: random, learnable 32x32 10-class tensors of a fixed seed (tests);
 * ``synthetic_imagenet``: random 224x224 images, 1000 classes, 64 train / 32 val, through the ImageNet path (tests).
@@ -23,6 +25,7 @@ from data.cifar import load_cifar10
 from data.common import DataNotFoundError, DatasetInfo, Loaders, spread_indices
 from data.device_loader import DeviceTensorLoader
 from data.digits import load_digits_split
+from data.fashion_mnist import FASHION_MNIST_DEFAULT_DIR, load_fashion_mnist
 from data.synthetic import synthetic_cifar, synthetic_imagenet
 
 # Constants duplicated from the submodules so that `import data` stays light; tests check they agree.
@@ -34,9 +37,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "synthetic_imagenet": DatasetInfo(
         "synthetic_imagenet", 1000, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     ),
+    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 32, (0.2190, 0.2190, 0.2190), (0.3318, 0.3318, 0.3318)),
 }
 
-DEFAULT_DATA_DIRS = {"cifar10": "data/cifar10", "imagenet": "data/imagenet"}
+DEFAULT_DATA_DIRS = {"cifar10": "data/cifar10", "fashion_mnist": FASHION_MNIST_DEFAULT_DIR, "imagenet": "data/imagenet"}
 _SYNTHETIC = ("synthetic_cifar", "synthetic_imagenet")
 
 
@@ -117,6 +121,8 @@ def build_loaders(
         tensors = load_digits_split()
     elif name == "cifar10":
         tensors = load_cifar10(data_dir or DEFAULT_DATA_DIRS[name])
+    elif name == "fashion_mnist":
+        tensors = load_fashion_mnist(data_dir or DEFAULT_DATA_DIRS[name])
     else:
         tensors = synthetic_cifar(num_classes=info.num_classes, image_size=info.image_size)
 
