@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,9 @@ import torch
 from torch import nn
 
 from bench.throughput import DEFAULT_RATE, _jit, fold_batchnorm
+from coring.cli import Parser
 from coring.counting import conv_linear_macs
+from coring.latency import time_interleaved
 from models import build_model
 
 __all__ = ["model_parts", "run", "main"]
@@ -37,13 +38,8 @@ def model_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _median_seconds(calls: dict[str, Any], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    times = time_interleaved(calls, "cpu", 0, repeats)  # the toolkit's one timing harness
+    return {name: statistics.median(t["wall"]) for name, t in times.items()}
 
 
 @torch.inference_mode()
@@ -104,8 +100,7 @@ def _chart(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compress_rate", "--compress-rate", "-cpr", default=DEFAULT_RATE, help="ResNet-50 rates")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--batch-size", type=int, default=1)

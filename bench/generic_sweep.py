@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coring.cli import Parser
 from coring.generic import (
     NOT_CNN_PREFIXES,
     _tp_version,
@@ -176,7 +177,7 @@ def write_markdown(results: list[dict[str, Any]], path: Path, args: argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of every group's channels removed")
     parser.add_argument("--criterion", default="VBD_dis")

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from tensorly.base import unfold  # noqa: E402
 
 from coring import rank  # noqa: E402
+from coring.cli import Parser
 from models import build_model
 
 ARCHS = ("vgg_16_bn", "resnet_56", "resnet_50")
@@ -296,7 +297,7 @@ def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset of " + ", ".join(ARCHS))
     parser.add_argument("--criterion", default="VBD_dis", help="one of: " + ", ".join(rank.PAPER_CRITERIA))
     parser.add_argument("--strategy", default="min_sum", choices=rank.STRATEGIES)

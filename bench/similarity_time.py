@@ -17,7 +17,6 @@ filters: ``--output`` (default ``bench/results/similarity_time.png``). Weights c
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 
 from bench.rank_speed import load_convs, paper_metric, timed  # noqa: E402
 from coring import rank  # noqa: E402
+from coring.cli import Parser
 
 
 def per_pair_seconds(vectors: list[torch.Tensor], criterion: str, pairs: list[tuple[int, int]], n: int) -> float:
@@ -49,7 +49,7 @@ def per_pair_seconds(vectors: list[torch.Tensor], criterion: str, pairs: list[tu
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--criterion", default="VBD_dis", help="one of: " + ", ".join(rank.PAPER_CRITERIA))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5, help="batched timings: best of this many runs")

@@ -28,6 +28,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from coring.cli import Parser
 from coring.device import resolve_device  # noqa: E402
 from coring.engine import autocast, make_grad_scaler, prepare_model, train_one_epoch  # noqa: E402
 from coring.run_logging import RunLogger  # noqa: E402
@@ -135,7 +136,7 @@ def bench(arch: str, compress_rate: str | None, batch_size: int, iters: int, dev
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet_56")
     parser.add_argument("--compress_rate", default=None, help="default: unpruned")
     parser.add_argument("--batch_size", type=int, default=128)

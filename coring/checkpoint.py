@@ -24,10 +24,11 @@ import contextlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -214,26 +215,33 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """``torch.save(obj, path)`` atomically: temporary file in the same directory, fsync, ``os.replace``.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write(f)`` into a temporary file in the same directory, fsync, ``os.replace``.
 
-    If writing fails (a full disk, an object that cannot be pickled), the temporary file is removed and an
-    existing ``path`` is left as it was.
+    The one writer behind checkpoints, copies of them and JSON records. If writing fails (a full disk, a
+    read-only directory, an object that cannot be pickled), the temporary file is removed, an existing ``path``
+    is left as it was, and an ``OSError`` comes back as a one-line ``CheckpointError`` naming the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give the usual mode
                 os.fchmod(f.fileno(), _default_file_mode())
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise CheckpointError(f"cannot write {path}: {error.strerror or error}; the earlier file is "
+                                  "left as it was") from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable (POSIX; not possible on every platform)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -241,3 +249,18 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """``torch.save(obj, path)`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (``model_best.pth.tar`` from ``checkpoint.pth.tar``)."""
+
+    def copy(f: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, 1 << 20)
+
+    atomic_write(dst, copy)

@@ -28,25 +28,24 @@ interrupted epoch exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import random
-import shutil
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from coring.distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, unwrap, wrap_ddp
-from coring.engine import NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch
+from coring.checkpoint import load_checkpoint, load_weights
+from coring.cli import Parser
+from coring.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
+from coring.engine import NonFiniteLossError, evaluate, prepare_model
+from coring.fit import BEST_NAME, CHECKPOINT_NAME, FitConfig, fit, seed_epoch
+from coring.jobdir import RUN_MARKERS, claim_job_dir
 from coring.rebuild import model_from_checkpoint
-from coring.run_logging import RunLogger, plot_curves, write_json
-from coring.schedule import build_schedule
+from coring.run_logging import RunLogger, write_json
+from coring.threads import configure_threads, describe_threads
 from data import build_loaders
 from main.cli import (
     add_data_args,
@@ -61,8 +60,6 @@ from models import num_outputs
 __all__ = ["RECIPES", "build_parser", "parse_args", "make_args", "run_finetune", "main", "CHECKPOINT_NAME",
            "BEST_NAME"]
 
-CHECKPOINT_NAME = "checkpoint.pth.tar"
-BEST_NAME = "model_best.pth.tar"
 IMAGENET_DATASETS = ("imagenet", "synthetic_imagenet")
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -74,10 +71,22 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------------------------------------- arguments
+def _recipes_text() -> str:
+    """The recipes as help text: the defaults shown below are the 'cifar' recipe's."""
+    lines = ["Recipes (--recipe; the defaults shown above are the 'cifar' recipe's, 'imagenet' is the default for "
+             "the ImageNet data sets; flags given on the command line win):"]
+    for name, r in RECIPES.items():
+        schedule = (f"step x0.1 at {r['lr_decay_step']}" if r["lr_type"] == "step"
+                    else f"{r['lr_type']} with {r['warmup_epochs']} warm-up epochs")
+        lines.append(f"{name}: lr {r['lr']}, momentum {r['momentum']}, weight decay {r['weight_decay']}, batch "
+                     f"{r['batch_size']}, {r['epochs']} epochs, {schedule}, label smoothing {r['label_smooth']}.")
+    return " ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The fine-tuning parser: the shared groups of ``main.cli`` plus the fine-tuning options."""
-    parser = argparse.ArgumentParser(
-        description="Fine-tune a pruned network (the paper's CIFAR and ImageNet recipes).")
+    parser = Parser(description="Fine-tune a pruned network (the paper's CIFAR and ImageNet recipes).",
+                    epilog=_recipes_text())
     add_model_args(parser, require_arch=False)
     add_data_args(parser)
     add_device_args(parser)
@@ -138,41 +147,6 @@ def make_args(**overrides: Any) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed torch/numpy/random from (seed, epoch, rank): a resumed epoch replays an uninterrupted one."""
-    mixed = int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, rank]).generate_state(1)[0])
-    random.seed(mixed)
-    np.random.seed(mixed)
-    torch.manual_seed(mixed)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
-def _repair_after_kill(job_dir: Path, state: dict, logger: RunLogger) -> None:
-    """Tidy up after a run killed while saving: drop temporary files, redo a best-model copy that was cut off."""
-    for stale in list(job_dir.glob(f".{CHECKPOINT_NAME}.*")) + list(job_dir.glob(f".{BEST_NAME}.*")):
-        stale.unlink(missing_ok=True)
-    best_path = job_dir / BEST_NAME
-    if state.get("best_epoch") is not None and state.get("best_epoch") == state.get("epoch"):
-        try:
-            best_epoch = load_checkpoint(best_path).get("epoch") if best_path.exists() else None
-        except CheckpointError:
-            best_epoch = None
-        if best_epoch != state["epoch"]:
-            logger.info("re-copying %s (the run stopped before copying epoch %s)", BEST_NAME, state["epoch"])
-            _atomic_copy(job_dir / CHECKPOINT_NAME, best_path)
-
-
-def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
-
-
 def _args_record(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as plain values (loadable with ``weights_only=True``)."""
     out: dict[str, Any] = {}
@@ -181,12 +155,13 @@ def _args_record(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _default_log_every(args: argparse.Namespace, iters_per_epoch: int) -> int:
-    if args.print_freq is not None:
-        return max(0, int(args.print_freq))
-    if args.recipe == "imagenet":
-        return max(1, iters_per_epoch // 10)
-    return max(1, (256 * 50) // args.batch_size)
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    """The ``FitConfig`` the command line describes."""
+    return FitConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                     lr_type=args.lr_type, lr_decay_step=args.lr_decay_step, warmup_epochs=args.warmup_epochs,
+                     label_smooth=args.label_smooth, amp=bool(args.amp), channels_last=bool(args.channels_last),
+                     seed=args.seed, progress=args.progress, resume=args.resume, log_every=args.print_freq,
+                     initial_eval=args.initial_eval)
 
 
 def _build_model(args: argparse.Namespace, source: Any, num_classes: int) -> nn.Module:
@@ -204,61 +179,58 @@ def _build_model(args: argparse.Namespace, source: Any, num_classes: int) -> nn.
 def run_finetune(args: argparse.Namespace, model: nn.Module | None = None) -> dict[str, Any]:
     """Fine-tune as the command line describes and return the summary (also written to ``summary.json``).
 
-    ``model``: an in-memory network to fine-tune instead of building one from ``--pretrained`` (prune.py and
-    the quick start pass the slim model they just built); its ``arch`` attribute is recorded when present.
-    Raises ``NonFiniteLossError`` when the loss diverges (the last checkpoint is left intact).
+    ``model``: an in-memory network to fine-tune instead of building one from ``--pretrained`` (the quick start
+    passes the slim model it just built); its ``arch`` attribute is recorded when present. The job directory is
+    locked for the run and a finished run in it is refused unless ``--resume`` or ``--restart``
+    (``coring.jobdir``). Raises ``NonFiniteLossError`` when training diverges (the last checkpoint is left intact).
     """
     preexisting_group = torch.distributed.is_available() and torch.distributed.is_initialized()
     dist_info = init_distributed(args.device)
     job_dir = Path(args.job_dir)
-    if dist_info.is_main:
-        job_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    logger = RunLogger(job_dir, "evaluate" if args.evaluate else "finetune", is_main=dist_info.is_main)
+    markers = () if args.evaluate else RUN_MARKERS
+    claim = claim_job_dir(job_dir, resume=args.resume, restart=args.restart, markers=markers) \
+        if dist_info.is_main else contextlib.nullcontext(job_dir)
     try:
-        return _run(args, model, dist_info, job_dir, logger)
-    except NonFiniteLossError as exc:
-        logger.error("error: %s", exc)
-        raise
+        with claim:
+            barrier()
+            with RunLogger(job_dir, "evaluate" if args.evaluate else "finetune", is_main=dist_info.is_main) as log:
+                try:
+                    return _run(args, model, dist_info, job_dir, log)
+                except NonFiniteLossError as exc:
+                    log.error("error: %s", exc)
+                    raise
     finally:
-        logger.close()
         if dist_info.distributed and not preexisting_group:
             cleanup()
 
 
 def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo, job_dir: Path,
-         logger: RunLogger) -> dict[str, Any]:
+         log: RunLogger) -> dict[str, Any]:
     started = time.time()
     device = dist_info.device
-    logger.info("args = %s", args)
-    logger.write_config(args)
+    log.info("args = %s", args)
+    log.write_config(args)
     if args.gpu is not None:
-        logger.info("note: --gpu %s is ignored; select GPUs with CUDA_VISIBLE_DEVICES or torchrun", args.gpu)
-    logger.info("device %s, world size %d, recipe %s", device, dist_info.world_size, args.recipe)
-    _seed_epoch(args.seed, 0, 0)  # identical model init on every rank
+        log.info("note: --gpu %s is ignored; select GPUs with CUDA_VISIBLE_DEVICES or torchrun", args.gpu)
+    log.info("device %s, world size %d, recipe %s, %s", device, dist_info.world_size, args.recipe,
+             describe_threads())
+    seed_epoch(args.seed, 0, 0)  # identical model init on every rank
 
     ckpt_path = job_dir / CHECKPOINT_NAME
-    best_path = job_dir / BEST_NAME
     resume_state = None
-    if args.resume and not args.evaluate:
-        if ckpt_path.exists():
-            resume_state = load_checkpoint(ckpt_path)
-            logger.info("resuming from %s (epoch %d done)", ckpt_path, int(resume_state.get("epoch", -1)))
-        else:
-            logger.warning("--resume: no %s yet; starting from the beginning", ckpt_path)
-
+    if args.resume and not args.evaluate and ckpt_path.exists():
+        resume_state = load_checkpoint(ckpt_path)
     loaders = build_loaders(args.dataset, args.data_dir, args.batch_size, device=device,
                             eval_batch_size=args.eval_batch_size, workers=args.workers, seed=args.seed,
                             rank=dist_info.rank, world_size=dist_info.world_size, train_augment=True,
                             limit_train=args.limit_train, limit_test=args.limit_test)
 
-    # ------------------------------------------------------------------ model
     source = resume_state if resume_state is not None else (
         load_checkpoint(args.pretrained) if args.pretrained else None)
     meta = source if isinstance(source, dict) else {}
     if model is None:
         if source is None:
-            logger.warning("no --pretrained checkpoint: training %s from random initialisation", args.arch)
+            log.warning("no --pretrained checkpoint: training %s from random initialisation", args.arch)
         model = _build_model(args, source, loaders.info.num_classes)
     elif source is not None:
         load_weights(model, source)
@@ -271,123 +243,51 @@ def _run(args: argparse.Namespace, model: nn.Module | None, dist_info: DistInfo,
         raise ValueError(f"the model has {num_classes} outputs but {args.dataset} has {loaders.info.num_classes} "
                          "classes; pass --num_classes or a matching checkpoint")
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("arch %s, compress_rate %s, %d parameters, %d classes", arch, compress_rate, n_params,
-                loaders.info.num_classes)
-
-    model = prepare_model(model, device, channels_last=args.channels_last)
-    net = wrap_ddp(model, dist_info)
-    amp = bool(args.amp)
-
+    log.info("arch %s, compress_rate %s, %d parameters, %d classes", arch, compress_rate, n_params,
+             loaders.info.num_classes)
     summary: dict[str, Any] = {"arch": arch, "compress_rate": compress_rate, "dataset": args.dataset,
                                "params": n_params, "world_size": dist_info.world_size, "job_dir": str(job_dir)}
+
     if args.evaluate:
-        result = evaluate(net, loaders.test, device, amp=amp, progress=args.progress)
-        logger.info(" * Acc@1 %.3f Acc@5 %.3f Loss %.4f (%d images)", result.top1, result.top5, result.loss,
-                    result.count)
+        model = prepare_model(model, device, channels_last=args.channels_last)
+        result = evaluate(wrap_ddp(model, dist_info), loaders.test, device, amp=bool(args.amp),
+                          progress=args.progress)
+        log.info(" * Acc@1 %.3f Acc@5 %.3f Loss %.4f (%d images)", result.top1, result.top5, result.loss,
+                 result.count)
         summary.update(test_top1=result.top1, test_top5=result.top5, test_loss=result.loss, test_count=result.count)
         if dist_info.is_main:
             write_json(summary, job_dir / "summary.json")
         return summary
 
-    # ------------------------------------------------------------------ optimisation
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=False)
-    iters = len(loaders.train)
-    schedule = build_schedule(optimizer, args.lr_type, args.lr, args.epochs, iters,
-                              lr_decay_step=args.lr_decay_step, warmup_epochs=args.warmup_epochs)
-    scaler = make_grad_scaler(device, amp)
-    train_loss = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
-    log_every = _default_log_every(args, iters)
-    logger.info("optimizer SGD(lr=%g, momentum=%g, weight_decay=%g), %s, label smoothing %g, %d iterations/epoch",
-                args.lr, args.momentum, args.weight_decay, schedule, args.label_smooth, iters)
-
-    start_epoch, best_top1, best_top5, best_epoch = 0, -math.inf, -math.inf, -1
-    last: dict[str, Any] = {}
-    if resume_state is not None:
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        if "lr_scheduler" in resume_state:
-            schedule.load_state_dict(resume_state["lr_scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        start_epoch = int(resume_state.get("epoch", -1)) + 1
-        best_top1 = float(resume_state.get("best_top1_acc", -math.inf))
-        best_top5 = float(resume_state.get("best_top5_acc", -math.inf))
-        best_epoch = int(resume_state.get("best_epoch", -1))
-        last = {"top1": resume_state.get("last_top1_acc"), "top5": resume_state.get("last_top5_acc"),
-                "epoch": start_epoch - 1}
-        if dist_info.is_main:
-            _repair_after_kill(job_dir, resume_state, logger)
-        kept = logger.truncate_metrics(start_epoch - 1)
-        logger.info("continuing at epoch %d (best top-1 %.3f at epoch %d; %d metric rows kept)", start_epoch,
-                    best_top1, best_epoch, kept)
-        del resume_state
-    elif args.initial_eval:
-        result = evaluate(net, loaders.test, device, amp=amp, progress=args.progress, desc="eval start")
-        logger.info("Accuracy before fine-tuning: top-1 %.3f top-5 %.3f loss %.4f (%d images)", result.top1,
-                    result.top5, result.loss, result.count)
-        summary.update(initial_top1=result.top1, initial_top5=result.top5)
-
-    train_time = 0.0
-    for epoch in range(start_epoch, args.epochs):
-        _seed_epoch(args.seed, epoch, dist_info.rank)
-        t0 = time.perf_counter()
-        train = train_one_epoch(net, loaders.train, optimizer, schedule, train_loss, device, amp=amp,
-                                scaler=scaler, epoch=epoch, progress=args.progress, log_every=log_every)
-        broadcast_buffers(net)  # evaluate every shard with rank 0's BN statistics (the ones saved)
-        result = evaluate(net, loaders.test, device, amp=amp, progress=args.progress)
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        is_best = result.top1 > best_top1
-        if is_best:
-            best_top1, best_epoch = result.top1, epoch
-        best_top5 = max(best_top5, result.top5)  # the paper tracks the best top-5 separately
-        last = {"top1": result.top1, "top5": result.top5, "epoch": epoch, "loss": result.loss,
-                "count": result.count}
-        logger.info(" * Acc@1 %.3f Acc@5 %.3f Loss %.4f | train loss %.4f top-1 %.2f | lr %.6g | %.1fs "
-                    "(%.0f img/s)", result.top1, result.top5, result.loss, train.loss, train.top1, train.lr,
-                    epoch_time, train.images_per_s)
-        logger.info("=>Best accuracy %.3f (epoch %d)", best_top1, best_epoch)
-        logger.append_metrics({"epoch": epoch, "train_loss": train.loss, "train_top1": train.top1,
-                               "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                               "lr": train.lr, "epoch_time_s": epoch_time, "best_top1": best_top1})
-        if dist_info.is_main:
-            state = {"state_dict": _cpu_state_dict(net), "epoch": epoch, "best_top1_acc": best_top1,
-                     "best_top5_acc": best_top5, "best_epoch": best_epoch, "last_top1_acc": result.top1,
-                     "last_top5_acc": result.top5, "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
-                     "args": _args_record(args), "arch": arch, "compress_rate": compress_rate,
-                     "num_classes": loaders.info.num_classes, "dataset": args.dataset,
-                     **({"generic": meta["generic"]} if "generic" in meta else {})}
-            save_checkpoint(state, ckpt_path)
-            if is_best:
-                _atomic_copy(ckpt_path, best_path)
-
-    barrier()
-    if last.get("top1") is not None:
-        logger.info("Final top-1 %.3f top-5 %.3f (epoch %d)", last["top1"], last["top5"], last["epoch"])
-    if best_epoch >= 0:
-        logger.info("Best top-1 %.3f (epoch %d); best top-5 %.3f", best_top1, best_epoch, best_top5)
-    summary.update(epochs=args.epochs, final_epoch=last.get("epoch"), final_top1=last.get("top1"),
-                   final_top5=last.get("top5"), test_count=last.get("count"),
-                   best_top1=best_top1 if best_epoch >= 0 else None, best_top5=best_top5 if best_epoch >= 0 else None,
-                   best_epoch=best_epoch if best_epoch >= 0 else None,
-                   checkpoint=str(ckpt_path), model_best=str(best_path),
-                   train_time_s=train_time, wall_time_s=time.time() - started)
+    record = {"args": _args_record(args), "arch": arch, "compress_rate": compress_rate,
+              "num_classes": loaders.info.num_classes, "dataset": args.dataset,
+              **({"generic": meta["generic"]} if "generic" in meta else {})}
+    result = fit(model, loaders, fit_config(args), job_dir, dist_info=dist_info, log=log, record=record,
+                 resume_state=resume_state)
+    del resume_state
+    final, last_epoch = result.final, (result.history[-1]["epoch"] if result.history else None)
+    if result.initial is not None:
+        summary.update(initial_top1=result.initial.top1, initial_top5=result.initial.top5)
+    if final is not None:
+        log.info("Final top-1 %.3f top-5 %.3f (epoch %d)", final.top1, final.top5, last_epoch)
+    if result.best_epoch is not None:
+        log.info("Best top-1 %.3f (epoch %d); best top-5 %.3f", result.best_top1, result.best_epoch,
+                 result.best_top5)
+    summary.update(epochs=args.epochs, final_epoch=last_epoch, final_top1=final.top1 if final else None,
+                   final_top5=final.top5 if final else None, test_count=final.count if final else None,
+                   best_top1=result.best_top1, best_top5=result.best_top5, best_epoch=result.best_epoch,
+                   checkpoint=str(ckpt_path), model_best=str(job_dir / BEST_NAME),
+                   train_time_s=result.train_time_s, wall_time_s=time.time() - started)
     if dist_info.is_main:
         write_json(summary, job_dir / "summary.json")
-        metrics = job_dir / "metrics.csv"
-        if metrics.exists() and metrics.stat().st_size > 0:
-            try:
-                plot_curves(metrics, job_dir / "curves.png")
-            except ValueError as exc:  # a header without rows
-                logger.warning("no curves: %s", exc)
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_threads(args.threads)
     try:
-        return run_reporting_errors(run_finetune, parse_args(argv))
+        return run_reporting_errors(run_finetune, args)
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

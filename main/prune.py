@@ -12,10 +12,12 @@ import argparse
 import json
 from typing import Sequence
 
+from coring.cli import Parser
 from coring.generic import run_generic_prune
 from coring.planning import format_plan, plan_compression
 from coring.pruning import PruneResult, prune, prune_model, shot_rates  # noqa: F401  (public interface)
 from coring.pruning_run import run_prune
+from coring.threads import configure_threads
 from main import cli
 from main.cli import run_reporting_errors
 from models import arch_spec
@@ -25,8 +27,7 @@ __all__ = ["PruneResult", "prune", "prune_model", "shot_rates", "build_parser", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split("\n")[0])
     cli.add_model_args(parser, require_arch=False)
     cli.add_rank_args(parser)
     cli.add_data_args(parser)
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-
+    configure_threads(args.threads)
     return run_reporting_errors(_dispatch, parser, args)
 
 

@@ -16,18 +16,18 @@ Writes into ``--out``: ``table.md`` (the six tables, ablation tables, every run)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from coring.cli import Parser
 from coring.report import match_rows, write_report
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Tables and plots of our runs next to the paper's numbers")
+    parser = Parser(description="Tables and plots of our runs next to the paper's numbers")
     parser.add_argument("--job_dir", required=True, help="directory searched (recursively) for runs")
     parser.add_argument("--out", default="results", help="where table.md and the PNGs go")
     args = parser.parse_args(argv)

@@ -15,11 +15,13 @@ import json
 from typing import Sequence
 
 from coring.checkpoint import load_checkpoint, load_weights
+from coring.cli import Parser
 from coring.counting import count_complexity
 from coring.device import resolve_device
 from coring.engine import evaluate, prepare_model
 from coring.rebuild import model_from_checkpoint
 from coring.run_logging import RunLogger
+from coring.threads import configure_threads
 from data import build_loaders, dataset_info
 from main import cli
 
@@ -27,8 +29,7 @@ __all__ = ["build_parser", "run_test", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a (pruned) checkpoint",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description="Evaluate a (pruned) checkpoint")
     cli.add_model_args(parser, require_arch=False)
     cli.add_data_args(parser, default_batch_size=512)
     cli.add_device_args(parser)
@@ -76,7 +77,9 @@ def run_test(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_reporting_errors(run_test, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    configure_threads(args.threads)
+    return cli.run_reporting_errors(run_test, args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ single-threaded. Each script's output goes to ``<out>/logs/<name>.txt``; the run
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from coring.cli import Parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,7 +168,7 @@ def run_all(out: str | os.PathLike, *, jobs: int = 2, only: list[str] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--jobs", type=int, default=2, help="scripts run at a time (each single-threaded)")
     parser.add_argument("--only", nargs="*", default=None, help="rows to run, as <arch>/<row>")

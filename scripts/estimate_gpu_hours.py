@@ -16,10 +16,11 @@ Prints a markdown table (docs/reproduce.md holds its output).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
+
+from coring.cli import Parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ def estimate(tmacs_cifar: float = 5.0, tmacs_imagenet: float = 30.0, imagenet_ip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--tmacs-cifar", type=float, default=5.0, help="effective TMAC/s at 32x32")
     parser.add_argument("--tmacs-imagenet", type=float, default=30.0, help="effective TMAC/s at 224x224")
     parser.add_argument("--imagenet-images-per-s", type=float, default=2500.0,

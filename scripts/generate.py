@@ -9,10 +9,11 @@ below (upstream-coring.md sections 2.8 and 3.4). Shared shell code lives in ``sc
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from coring.cli import Parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -199,7 +200,7 @@ def expected_files() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a script differs")
     args = parser.parse_args(argv)
     stale = []

@@ -181,7 +181,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result_as_an_uninterrupted_run
 
 def test_resume_tidies_a_save_cut_off_by_a_kill(tmp_path):
     from coring.run_logging import RunLogger
-    from main.finetune import _repair_after_kill
+    from coring.fit import _repair_after_kill
 
     state = {"state_dict": {"w": torch.zeros(1)}, "epoch": 2, "best_epoch": 2}
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
