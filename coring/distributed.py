@@ -7,8 +7,11 @@ Only rank 0 logs and writes files (``DistInfo.is_main``).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +20,10 @@ from torch import nn
 
 from coring.device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "wrap_ddp", "unwrap", "all_reduce_sum", "all_reduce_min",
-           "broadcast_buffers", "barrier", "cleanup", "is_distributed"]
+_PR_SET_PDEATHSIG = 1
+
+__all__ = ["DistInfo", "die_with_parent", "init_distributed", "wrap_ddp", "unwrap", "all_reduce_sum",
+           "all_reduce_min", "broadcast_buffers", "barrier", "cleanup", "is_distributed"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,25 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"error: environment variable {name}={value!r} is not an integer") from None
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    torchrun's workers are children of the launcher: if the launcher is killed outright (SIGKILL, OOM killer)
+    it cannot stop them, and they would go on writing into the job directory. Returns False where the call is
+    not available (not Linux). A parent already gone (re-parented to init) ends this process at once.
+    """
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)
+    return True
+
+
 def init_distributed(device_arg: str | torch.device | None = "auto", *, timeout_s: float = 1800.0) -> DistInfo:
     """Set up this process from torchrun's environment and pick its device.
 
@@ -60,6 +84,8 @@ def init_distributed(device_arg: str | torch.device | None = "auto", *, timeout_
 
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        die_with_parent()
     local_rank = _env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
         raise SystemExit(f"error: bad torchrun environment RANK={rank} WORLD_SIZE={world_size}")

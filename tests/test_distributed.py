@@ -1,10 +1,13 @@
 """One code path for 1 and N processes: torchrun with 2 CPU processes (gloo) against a 1-process run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,50 @@ def test_torchrun_two_cpu_processes_keep_the_same_accuracy_bookkeeping_as_one(tm
                                                                            "model_best.pth.tar"]
     assert load_checkpoint(job / CHECKPOINT_NAME)["args"]["batch_size"] == 32  # per process
     assert not [p for p in job.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_killing_the_torchrun_launcher_ends_its_workers(tmp_path):
+    job = tmp_path / "job"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(REPO / "main" / "finetune.py"), "--arch", ARCH, "--compress_rate", RATE, "--dataset", "digits",
+           "--batch_size", "32", "--limit_train", "1024", "--limit_test", "64", "--epochs", "200", "--device", "cpu",
+           "--job_dir", str(job), "--no_progress", "--threads", "1"]
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while not (job / "args.json").exists():
+            assert time.time() < deadline and launcher.poll() is None, "the run did not start"
+            time.sleep(0.2)
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        launcher.kill()  # SIGKILL: the launcher cannot forward anything to its workers
+        launcher.wait()
+        deadline = time.time() + 20
+        while any(_alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "workers kept running after the launcher died"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
