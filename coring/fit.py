@@ -56,7 +56,8 @@ class FitConfig:
     resume: bool = False
     log_every: int | None = None      # iterations between log lines (None: ~12800 images; 0: never)
     initial_eval: bool = False        # evaluate the starting weights first (not on resume)
-    evaluate_every_epoch: bool = True  # False: evaluate only after the last epoch (calibration)
+    evaluate_every_epoch: bool = True  # False: evaluate only after the last epoch (no evaluation without a test set)
+    name: str = "training"            # how log lines name an epoch that is not evaluated
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -224,7 +225,7 @@ def _fit(model: nn.Module, loaders: Any, config: FitConfig, job_dir: Path | None
         check_finite_state(net, epoch=epoch)
         broadcast_buffers(net)  # evaluate every shard with rank 0's BN statistics (the ones saved)
         last_epoch = epoch == config.epochs - 1
-        evaluated = config.evaluate_every_epoch or last_epoch
+        evaluated = loaders.test is not None and (config.evaluate_every_epoch or last_epoch)
         test = evaluate(net, loaders.test, device, amp=config.amp, progress=config.progress) if evaluated else None
         if test is not None and not math.isfinite(test.loss):
             raise NonFiniteLossError(f"evaluation loss is {test.loss} after epoch {epoch}; stopping before any save "
@@ -241,6 +242,9 @@ def _fit(model: nn.Module, loaders: Any, config: FitConfig, job_dir: Path | None
                      "(%.0f img/s)", test.top1, test.top5, test.loss, train.loss, train.top1, train.lr, epoch_time,
                      train.images_per_s)
             log.info("=>Best accuracy %.3f (epoch %d)", best_top1, best_epoch)
+        else:
+            log.info("%s epoch %d/%d: train loss %.4f top-1 %.2f lr %.6g (%.1fs)", config.name, epoch + 1,
+                     config.epochs, train.loss, train.top1, train.lr, epoch_time)
         row = {"epoch": epoch, "train_loss": train.loss, "train_top1": train.top1, "lr": train.lr,
                "epoch_time_s": epoch_time, "best_top1": best_top1 if best_epoch >= 0 else None,
                **({"test_loss": test.loss, "test_top1": test.top1, "test_top5": test.top5} if test else {})}

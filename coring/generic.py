@@ -18,11 +18,11 @@
 * :func:`save_generic` writes the pruned weights plus the Torch-Pruning history (layer name, out/in, removed
   indices), plain values only; :func:`rebuild_from_checkpoint` rebuilds the unpruned source model, replays the
   history on a freshly traced dependency graph and loads the weights strictly. ``torch.load(weights_only=True)``
-  reads the file.
+  reads the file. A checkpoint never names code to run: ``torchvision:NAME`` sources are rebuilt as recorded,
+  a user module only from the ``--model path/to/file.py:ClassName`` the user passes (which executes that file).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import inspect
@@ -39,18 +39,14 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from coring.checkpoint import STATE_DICT_KEYS, extract_state_dict, load_checkpoint, save_checkpoint
+from coring.checkpoint import STATE_DICT_KEYS, extract_state_dict, save_checkpoint
 from coring.coring_importance import CoringImportance, is_depthwise
-from coring.counting import count_complexity
-from coring.device import resolve_device
-from coring.engine import evaluate, evaluate_pruned
-from coring.run_logging import RunLogger, write_json
-from data import build_loaders, dataset_info
-from models.compress import parse_compress_rate
+from coring.feature_criteria import Batch
 
 __all__ = [
     "GenericModelError",
     "NOT_CNN_PREFIXES",
+    "check_forward",
     "count_ops",
     "load_state_strict",
     "load_user_model",
@@ -58,8 +54,7 @@ __all__ = [
     "output_layers",
     "prune_generic",
     "rebuild_from_checkpoint",
-    "run_generic_prune",
-    "save_generic",
+    "generic_checkpoint", "save_generic",
 ]
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -176,9 +171,10 @@ def _build_user_class(path_text: str, class_name: str, num_classes: int | None) 
 def load_user_model(spec: str, num_classes: int | None = None) -> nn.Module:
     """Build ``torchvision:NAME`` (random weights) or ``path/to/file.py:ClassName``.
 
-    A user class is called with ``num_classes=`` when it accepts that argument and ``num_classes`` is given,
-    else with no arguments. googlenet and inception_v3 are built without their auxiliary heads. Errors are
-    one-line :class:`GenericModelError`.
+    A file spec imports, and so executes, that file (relative paths resolve against the working directory): pass
+    only specs the user gave. A user class is called with ``num_classes=`` when it accepts that argument and
+    ``num_classes`` is given, else with no arguments. googlenet and inception_v3 are built without their
+    auxiliary heads. Errors are one-line :class:`GenericModelError`.
     """
     source, name = _split_spec(spec)
     if source == TORCHVISION_PREFIX[:-1]:
@@ -188,9 +184,66 @@ def load_user_model(spec: str, num_classes: int | None = None) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------- pruning
 def count_ops(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
-    """(MACs, params) by ``torch_pruning.utils.count_ops_and_params`` (the counter the targets use)."""
-    flops, params = tp.utils.count_ops_and_params(model, example_inputs)
+    """(MACs, params) by ``torch_pruning.utils.count_ops_and_params`` (the counter the targets use).
+
+    A model that no longer runs (a forward that hard-codes channel counts, once pruned) is a one-line
+    `GenericModelError` naming the layer where it fails (:func:`check_forward`).
+    """
+    try:
+        flops, params = tp.utils.count_ops_and_params(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - located and re-raised in one line
+        check_forward(model, example_inputs)
+        raise GenericModelError(f"cannot count the operations of the model: {_first_line(exc)}") from None
     return int(flops), int(params)
+
+
+def _shape_of(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return str(list(value.shape))
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], Tensor):
+        return str(list(value[0].shape))
+    return type(value).__name__
+
+
+def check_forward(model: nn.Module, example_inputs: Tensor) -> None:
+    """Run ``model`` once on ``example_inputs``; a failure is a one-line `GenericModelError` naming the layer.
+
+    Hooks follow which module is running: the error names the innermost layer that failed on its input, or,
+    when a module's own ``forward`` code failed (a ``view(-1, 1024)`` written for the unpruned widths), that
+    module and the last layer that ran before it, with its output shape.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    running: list[tuple[nn.Module, str]] = []
+    last: list[tuple[str, str]] = []
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        running.append((module, _shape_of(inputs[0]) if inputs else "no input"))
+
+    def leave(module: nn.Module, _inputs: tuple, output: Any) -> None:
+        running.pop()
+        if not any(True for _ in module.children()):
+            last[:] = [(names[module], _shape_of(output))]
+
+    handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    except Exception as exc:  # noqa: BLE001 - one line naming the layer
+        module, shape = running[-1] if running else (model, "?")
+        name = names.get(module, "")
+        if any(True for _ in module.children()) or module is model:
+            where = f"{type(module).__name__}.forward" + (f" (module '{name}')" if name else "")
+            after = f" after layer '{last[0][0]}' (output {last[0][1]})" if last else ""
+            place = f"{where} fails{after}"
+        else:
+            place = f"layer '{name}' ({type(module).__name__}) fails on its input of shape {shape}"
+        raise GenericModelError(
+            f"the model does not run on a {list(example_inputs.shape)} input: {place}: {_first_line(exc)}; a forward "
+            f"that hard-codes channel counts or shapes breaks once pruned (derive them from the tensor: "
+            f"torch.flatten, adaptive pooling; or keep that layer with ignored_layers)") from None
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def output_layers(dg: tp.DependencyGraph, ignored: Sequence[nn.Module] = ()) -> list[nn.Module]:
@@ -343,8 +396,11 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
                   strategy: str = "min_sum", flops_target: float | None = None, params_target: float | None = None,
                   channel_ratio: float | Mapping[str, float] | None = None,
                   ignored_layers: Sequence[nn.Module | str] | None = None, iterative_steps: int = 1, seed: int = 0,
-                  search_resolution: float = 0.01, max_ratio: float = 0.9) -> tuple[nn.Module, dict]:
+                  search_resolution: float = 0.01, max_ratio: float = 0.9,
+                  batches: Sequence[Batch] | None = None) -> tuple[nn.Module, dict]:
     """Prune a copy of ``model`` with CORING to a target; returns ``(pruned_model, record)``.
+
+    ``batches`` of ``(images, labels)`` feed the data-driven criteria (``hrank``, ``chip``, ``taylor``).
 
     Exactly one of: ``flops_target`` / ``params_target`` (fraction of MACs / parameters to remove, counted by
     :func:`count_ops` on ``example_inputs``), ``channel_ratio`` (fraction of channels removed from every
@@ -363,7 +419,7 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
             raise GenericModelError(f"{what} must be a fraction in (0, 1), got {value}")
     if iterative_steps < 1:
         raise GenericModelError(f"iterative_steps must be >= 1, got {iterative_steps}")
-    importance = CoringImportance(criterion, strategy, seed=seed)  # validates the names first
+    importance = CoringImportance(criterion, strategy, seed=seed, batches=batches)  # validates the names first
     was_training = model.training
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
@@ -447,26 +503,30 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in a generic checkpoint record")
 
 
-def save_generic(path: str | Path, model: nn.Module, record: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
-    """Write ``{'state_dict', 'generic': record + source, 'arch', 'num_classes', **meta}`` atomically.
+def generic_checkpoint(model: nn.Module, record: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
+    """``{'state_dict', 'generic': record + source, 'arch', 'num_classes', **meta}``: what rebuilds a pruned CNN.
 
     ``meta`` (or ``record``) must give ``source`` (the ``--model`` spec) and ``num_classes``; a user file's
-    absolute path is kept too, so the checkpoint rebuilds from another working directory. No object is
-    pickled: the file loads with ``torch.load(weights_only=True)``. Returns the saved dict.
+    absolute path is kept too, as a hint for the error that asks for ``--model`` when the checkpoint is loaded
+    (a user module is never imported from a checkpoint). No object is pickled: the dict saves and loads with
+    ``torch.load(weights_only=True)``.
     """
-
     meta = dict(meta)
     source = meta.pop("source", None) or record.get("source")
     if source is None:
-        raise GenericModelError("save_generic needs the model's 'source' spec in meta")
+        raise GenericModelError("a generic checkpoint needs the model's 'source' spec in meta")
     num_classes = meta.pop("num_classes", None) or record.get("num_classes")
     generic = dict(record, source=str(source), num_classes=None if num_classes is None else int(num_classes))
     src, _ = _split_spec(str(source))
     if src != TORCHVISION_PREFIX[:-1]:
         generic["source_path"] = str(Path(src).resolve())
-    state = _cpu_state_dict(model)
-    checkpoint = {"state_dict": state, "generic": _plain(generic), "arch": model_label(str(source)),
-                  "num_classes": generic["num_classes"], "compress_rate": None, **_plain(meta)}
+    return {"state_dict": _cpu_state_dict(model), "generic": _plain(generic), "arch": model_label(str(source)),
+            "num_classes": generic["num_classes"], "compress_rate": None, **_plain(meta)}
+
+
+def save_generic(path: str | Path, model: nn.Module, record: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
+    """Write :func:`generic_checkpoint` atomically to ``path``; returns the saved dict."""
+    checkpoint = generic_checkpoint(model, record, meta)
     save_checkpoint(checkpoint, path)
     return checkpoint
 
@@ -509,19 +569,49 @@ def load_state_strict(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
         raise GenericModelError(f"checkpoint does not fit the model: '{bad[0]}' was not loaded")
 
 
-def rebuild_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
+def _model_source(generic: Mapping[str, Any], model_spec: str | None) -> str:
+    """The ``--model`` spec that rebuilds a generic checkpoint's unpruned model.
+
+    ``torchvision:NAME`` sources are rebuilt as recorded. A user module is rebuilt only from ``model_spec`` (the
+    user's ``--model path/to/file.py:ClassName``, whose class must be the recorded one): a checkpoint is data, and
+    loading it never imports a file it names. The recorded path only appears in the error message, as a hint.
+    """
+    recorded = str(generic["source"])
+    src, name = _split_spec(recorded)
+    if src == TORCHVISION_PREFIX[:-1]:
+        if model_spec is not None and model_spec != recorded:
+            raise GenericModelError(f"--model {model_spec!r} does not match the checkpoint, which was pruned from "
+                                    f"{recorded} (leave --model out: torchvision models are rebuilt as recorded)")
+        return recorded
+    hint = str(generic.get("source_path") or src)
+    if model_spec is None:
+        raise GenericModelError(
+            f"the checkpoint holds a network pruned from the user class {name!r} (saved from {hint!r}); loading a "
+            f"checkpoint never imports a file it names: pass --model path/to/file.py:{name} to rebuild it, e.g. "
+            f"--model {hint}:{name} if you trust that file (it is executed)")
+    given_src, given_name = _split_spec(model_spec)
+    if given_src == TORCHVISION_PREFIX[:-1] or given_name != name:
+        raise GenericModelError(f"--model {model_spec!r} does not match the checkpoint: it was pruned from the "
+                                f"user class {name!r} (saved from {hint!r}); pass --model path/to/file.py:{name}")
+    return model_spec
+
+
+def rebuild_from_checkpoint(checkpoint: Mapping[str, Any], model_spec: str | None = None) -> nn.Module:
     """The pruned model of a :func:`save_generic` checkpoint, weights loaded strictly.
 
-    Builds the unpruned source model, traces it on the recorded input shape, replays the Torch-Pruning history
-    (``DependencyGraph.load_pruning_history``) and loads the state dict strictly (:func:`load_state_strict`).
+    Builds the unpruned source model (``torchvision:NAME`` as recorded; a user module only from ``model_spec``,
+    the ``--model path/to/file.py:ClassName`` the user passes, which executes that file: the file may have moved,
+    the class name must match), traces it on the recorded input shape, replays the Torch-Pruning history
+    (``DependencyGraph.load_pruning_history``), loads the state dict strictly (:func:`load_state_strict`) and runs
+    it once (:func:`check_forward`). Every failure is a one-line :class:`GenericModelError`.
     """
     generic = checkpoint.get("generic") if isinstance(checkpoint, Mapping) else None
     if not isinstance(generic, Mapping):
         raise GenericModelError("the checkpoint has no 'generic' entry (it was not written by save_generic)")
-    source = str(generic["source"])
-    src, name = _split_spec(source)
-    if src != TORCHVISION_PREFIX[:-1] and not Path(src).is_file() and generic.get("source_path"):
-        source = f"{generic['source_path']}:{name}"
+    missing = [key for key in ("source", "input_shape", "history") if key not in generic]
+    if missing:
+        raise GenericModelError(f"the checkpoint's 'generic' record lacks {', '.join(map(repr, missing))}")
+    source = _model_source(generic, model_spec)
     model = load_user_model(source, generic.get("num_classes"))
     model.eval()
     example = torch.randn(*generic["input_shape"], generator=torch.Generator().manual_seed(0))
@@ -539,91 +629,7 @@ def rebuild_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
                                     f"recorded {width}")
     if "state_dict" in checkpoint or "model" in checkpoint:
         load_state_strict(model, checkpoint)
+    check_forward(model, example)
     if not hasattr(model, "arch"):
         model.arch = model_label(str(generic["source"]))
     return model
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def _channel_ratio_arg(args: argparse.Namespace) -> float | None:
-    text = getattr(args, "compress_rate", None)
-    if text is None:
-        return None
-
-    rates = parse_compress_rate(text)
-    if len(set(rates)) != 1:
-        raise GenericModelError("with --model, --compress_rate is one channel fraction for every group (e.g. 0.3)")
-    return rates[0]
-
-
-def _table(before: Any, after: Any) -> list[str]:
-    rows = [f"{'counter':<12} {'params before':>14} {'params after':>13} {'(-%)':>7} "
-            f"{'FLOPs before':>14} {'FLOPs after':>13} {'(-%)':>7}"]
-    for counter in ("min", "thop", "ptflops", "conv_linear"):
-        p0, f0 = before.by_counter(counter)
-        p1, f1 = after.by_counter(counter)
-        rows.append(f"{counter:<12} {p0:>14,d} {p1:>13,d} {100 * (1 - p1 / p0):>6.1f}% "
-                    f"{f0:>14,d} {f1:>13,d} {100 * (1 - f1 / f0):>6.1f}%")
-    return rows
-
-
-def run_generic_prune(args: argparse.Namespace) -> dict:
-    """``main/prune.py --model ...``: load, prune to the target, evaluate, count, save ``<job_dir>/pruned.pth.tar``.
-
-    Bad input raises ``GenericModelError`` (a ValueError) or the loaders' errors; ``prune.py`` prints them in one line.
-    """
-
-    channel_ratio = _channel_ratio_arg(args)
-    if sum(x is not None for x in (args.flops_target, args.params_target, channel_ratio)) != 1:
-        raise GenericModelError("with --model give exactly one of --flops_target, --params_target or a single "
-                                "--compress_rate (fraction of every group's channels)")
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    info = dataset_info(args.dataset)
-    num_classes = args.num_classes or info.num_classes
-    job_dir = Path(args.job_dir)
-    model = load_user_model(args.model, num_classes)
-    if args.pretrain_dir:
-        load_state_strict(model, load_checkpoint(args.pretrain_dir))
-    model = model.to(device).eval()
-    with RunLogger(job_dir, "prune") as log:
-        log.write_config(args)
-        log.info("model %s (%s), %d classes, %dx%d inputs, criterion %s, strategy %s", args.model,
-                 "weights " + str(args.pretrain_dir) if args.pretrain_dir else "random weights", num_classes,
-                 info.image_size, info.image_size, args.criterion, args.strategy)
-        loaders = build_loaders(args.dataset, args.data_dir, args.batch_size, device=device,
-                                eval_batch_size=args.eval_batch_size, workers=args.workers, seed=args.seed,
-                                limit_train=args.limit_train, limit_test=args.limit_test)
-        summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "criterion": args.criterion,
-                                   "strategy": args.strategy, "shot": args.shot}
-        before = count_complexity(model, info.image_size)
-        if not args.skip_baseline_eval:
-            base = evaluate(model, loaders.test, device, amp=args.amp, desc="baseline")
-            summary.update(top1_baseline=base.top1, top5_baseline=base.top5)
-            log.info("Baseline accuracy: top-1 %.2f top-5 %.2f", base.top1, base.top5)
-        example = torch.randn(1, 3, info.image_size, info.image_size, device=device)
-        pruned, record = prune_generic(model, example, criterion=args.criterion, strategy=args.strategy,
-                                       flops_target=args.flops_target, params_target=args.params_target,
-                                       channel_ratio=channel_ratio, iterative_steps=args.shot,
-                                       seed=args.rank_seed)
-        if args.shot > 1:
-            log.info("--shot %d: %d rounds of ranking and pruning, without calibration epochs in between",
-                     args.shot, args.shot)
-        log.info("pruned %.1f%% of every prunable group's channels in %.1f s (%d shot%s); output layers kept: %s",
-                 100 * record["channel_ratio"], record["seconds"], args.shot, "s" if args.shot > 1 else "",
-                 ", ".join(record["output_layers"]) or "none")
-        after = count_complexity(pruned, info.image_size)
-        result, adapted, used = evaluate_pruned(pruned, loaders, device, args.bn_recalib, amp=args.amp, log=log)
-        for row in _table(before, after):
-            log.info("%s", row)
-        out_path = job_dir / "pruned.pth.tar"
-        save_generic(out_path, pruned, record,
-                     {"source": args.model, "num_classes": num_classes, "dataset": args.dataset,
-                      "criterion": record["criterion"], "strategy": record["strategy"], "shot": args.shot,
-                      "epoch": -1, "best_top1_acc": result.top1})
-        summary.update(top1_pruned=result.top1, top5_pruned=result.top5, top1_pruned_bn=adapted.top1,
-                       top5_pruned_bn=adapted.top5, bn_images=used, channel_ratio=record["channel_ratio"],
-                       baseline=before.as_dict(), pruned=after.as_dict(), checkpoint=str(out_path))
-        write_json(summary, job_dir / "prune_summary.json")
-        log.info("saved %s", out_path)
-    return summary

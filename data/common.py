@@ -29,7 +29,7 @@ class Loaders:
     """Train and test loaders of one data set, with its info."""
 
     train: Iterable
-    test: Iterable
+    test: Iterable | None  # None: a training-only use (K-shot calibration)
     info: DatasetInfo
 
 

@@ -12,16 +12,13 @@ import argparse
 import json
 from typing import Sequence
 
-from coring.cli import Parser
-from coring.generic import run_generic_prune
-from coring.planning import format_plan, plan_compression
+from coring.cli import Parser, positive_float
+from coring.planning import format_plan
+from coring.prune_run import make_engine, run_prune
 from coring.pruning import PruneResult, prune, prune_model, shot_rates  # noqa: F401  (public interface)
-from coring.pruning_run import run_prune
 from coring.threads import configure_threads
 from main import cli
 from main.cli import run_reporting_errors
-from models import arch_spec
-from models.compress import as_rate_list
 
 __all__ = ["PruneResult", "prune", "prune_model", "shot_rates", "build_parser", "main"]
 
@@ -42,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training images used to re-estimate BatchNorm statistics for the adaptive-BN accuracy")
     group.add_argument("--calib_epochs", type=int, default=100,
                        help="K-shot: calibration epochs in all, ceil(calib/K) after each shot (0 when K == 1)")
-    group.add_argument("--calib_lr", type=float, default=0.01, help="K-shot: calibration learning rate")
+    group.add_argument("--calib_lr", type=positive_float, default=0.01, help="K-shot: calibration learning rate")
     group.add_argument("--calib_weight_decay", type=float, default=5e-3, help="K-shot: calibration weight decay")
     group.add_argument("--rank_cache", action=argparse.BooleanOptionalAction, default=True,
                        help="save ranks beside the checkpoint (<ckpt>.ranks.pt) and reuse them")
@@ -50,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--skip_baseline_eval", action="store_true", help="do not evaluate the unpruned network")
     # Generic models (torchvision / user modules) through Torch-Pruning.
     group.add_argument("--model", default=None,
-                       help="prune any CNN: 'torchvision:resnet18' or 'path/to/file.py:ClassName' (instead of --arch)")
+                       help=f"prune {cli.USER_MODEL_HELP} (instead of --arch)")
     group.add_argument("--flops_target", type=float, default=None,
-                       help="with --model: fraction of FLOPs to remove (e.g. 0.5)")
+                       help="fraction of FLOPs to remove (e.g. 0.5), instead of --compress_rate: with --model the "
+                            "channel fraction of every group, with --arch the uniform rate, found by search")
     group.add_argument("--params_target", type=float, default=None,
-                       help="with --model: fraction of parameters to remove")
+                       help="fraction of parameters to remove, instead of --compress_rate (as --flops_target)")
     return parser
 
 
@@ -66,24 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.random_rank:
-        args.criterion = "random"
-    if args.model is not None:
-        run_generic_prune(args)
-        return 0
-    if args.arch is None:
-        parser.error("--arch (or --model) is required")
+    """Validate every argument (``make_engine``), then plan (``--dry_run``: nothing read or written) or prune."""
+    engine = make_engine(args)
     if args.dry_run:
-        plan = plan_compression(args.arch, args.compress_rate)
+        plan = engine.plan()
         print(json.dumps(plan) if args.json else format_plan(plan))
         return 0
-    if args.compress_rate is None:
-        parser.error("--compress_rate is required to prune")
-    as_rate_list(args.compress_rate, arch_spec(args.arch).num_rates, args.arch)  # fail fast on a bad rate
-    if args.pretrain_dir is None:
+    if args.pretrain_dir is None and args.model is None:
         parser.error("--pretrain_dir (the trained checkpoint to prune) is required; use --dry_run to only plan")
-
-    run_prune(args)
+    run_prune(args, engine)
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from coring.checkpoint import load_checkpoint
-from coring.pruning_run import run_prune
+from coring.prune_run import run_prune
 from main import prune as prune_entry
 from models import build_model
 
@@ -100,13 +100,14 @@ def test_rank_cache_is_reused_when_nothing_changed(tmp_path, baseline, monkeypat
 
     monkeypatch.setattr(rank, "rank_groups", fail)
     monkeypatch.setattr("coring.rank_cache.rank_groups", fail)
-    run_prune(_prune_args(tmp_path, baseline, "--skip_baseline_eval"))
+    run_prune(_prune_args(tmp_path, baseline, "--skip_baseline_eval", "--restart"))
 
 
 def test_kshot_run_prunes_in_rounds_with_calibration(tmp_path, baseline):
     summary = run_prune(_prune_args(tmp_path, baseline, "--shot", "3", "--calib_epochs", "3", "--skip_baseline_eval"))
     log = next((tmp_path / "job" / "logs").glob("prune_*.log")).read_text()
-    assert log.count("ranked and slimmed") == 3 and log.count("calibration epoch 1/1") == 3
+    assert log.count("ranked and slimmed") == 3 and log.count("1 calibration epoch(s)") == 3
+    assert log.count("calibration epoch 1/1: train loss") == 3
     model = build_model("resnet_56", RATE)
     model.load_state_dict(load_checkpoint(tmp_path / "job" / "pruned.pth.tar")["state_dict"])
     assert summary["shot"] == 3
