@@ -4,8 +4,10 @@
     python bench/throughput.py --compress_rate "[0.]+[0.1]*3+[0.35]*16" --size 800 --json out.json --png out.png
 
 For each task the unpruned and the pruned model (``--compress_rate``, 20 ResNet-50 rates) run in eval mode under
-``inference_mode`` on random inputs: ``--warmup`` untimed calls, then ``--repeats`` timed calls per batch size,
-alternating the models so that a change in machine load hits all of them; the median time gives images/s.
+``inference_mode`` on random inputs through ``coring.latency.time_interleaved`` (the toolkit's one timing harness):
+``--warmup`` untimed calls, then ``--repeats`` timed calls per batch size, alternating the models (the order reversed
+every other round) so that a change in machine load hits all of them; the median time gives images/s, and each
+speed-up is printed with the interquartile range of the paired per-round ratios.
 Detection adds a third model, ``pruned+fpn``: the pruned backbone with the FPN and RPN narrowed by ``--fpn-rate``
 (default 0.5) and their channels chosen by CORING (``detection.fpn_pruning``), because backbone pruning alone cannot
 speed a detector up by more than its FLOPs ratio (about 1.46x at 800x800, FPN and heads unchanged).
@@ -42,17 +44,18 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from coring.counting import conv_linear_macs, count_complexity
+from coring.latency import spread, sync, time_interleaved
 from detection.detectors import fasterrcnn
 from detection.fpn_pruning import prune_fpn
 from models import build_model
 
-__all__ = ["get_args_parser", "time_interleaved", "fold_batchnorm", "deploy", "classification_models",
+__all__ = ["get_args_parser", "fold_batchnorm", "deploy", "classification_models",
            "detection_models", "padded_macs", "detection_breakdown", "run", "main"]
 
 DEFAULT_RATE = "[0.]+[0.5]*3+[0.6]*16"
@@ -84,30 +87,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart of images/s here")
     return p
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(calls: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
-              repeats: int) -> dict[str, dict[str, list[float]]]:
-    """Wall and process-CPU seconds of ``repeats`` calls of each function, interleaved, after ``warmup`` each."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            _sync(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            _sync(device)
-            times[name]["wall"].append(time.perf_counter() - wall)
-            times[name]["cpu"].append(time.process_time() - cpu)
-    return times
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -222,7 +201,7 @@ def detection_breakdown(model: nn.Module, image: torch.Tensor, repeats: int) -> 
     clock = time.perf_counter if device.type == "cuda" else time.process_time
 
     def mark() -> float:
-        _sync(device)
+        sync(device)
         return clock()
 
     for _ in range(repeats + 1):
@@ -270,10 +249,13 @@ def _bench_task(task: str, device: torch.device, args: argparse.Namespace,
         times = time_interleaved({n: (lambda m=m: call(m)) for n, m in models.items()}, device, args.warmup, repeats)
         wall = {n: statistics.median(t["wall"]) for n, t in times.items()}
         cpu = {n: statistics.median(t["cpu"]) for n, t in times.items()}
+        paired = {n: spread([b / m for b, m in zip(times["unpruned"]["wall"], t["wall"])])
+                  for n, t in times.items() if n != "unpruned"}
         result["batches"][batch] = {
             "median_wall_s": wall, "median_cpu_s": cpu, "times_s": times,
             "images_per_s": {n: batch / s for n, s in wall.items()},
             "speedup": _ratios(wall), "speedup_cpu_time": _ratios(cpu),
+            "speedup_paired_iqr": {n: [p.q1, p.q3] for n, p in paired.items()},
         }
     if task == "detection":
         image = torch.rand(3, size, size, device=device)
@@ -302,7 +284,9 @@ def _report(result: dict[str, Any]) -> str:
             spd_cpu = r["speedup_cpu_time"][name]
             of = ((f" = {spd / ratio[name]:.3f} of FLOPs ratio", f" = {spd_cpu / ratio[name]:.3f}") if ratio
                   else ("", ""))
-            lines.append(f"      {name:>10}: speed-up wall {spd:.2f}x{of[0]}; CPU time {spd_cpu:.2f}x{of[1]}")
+            q1, q3 = r["speedup_paired_iqr"][name]
+            lines.append(f"      {name:>10}: speed-up wall {spd:.2f}x{of[0]} (paired rounds {q1:.2f}-{q3:.2f}x); "
+                         f"CPU time {spd_cpu:.2f}x{of[1]}")
     if "breakdown_s" in result:
         clock = "wall" if result["device"].startswith("cuda") else "CPU"
         for name, parts in result["breakdown_s"].items():

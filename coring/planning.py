@@ -50,19 +50,23 @@ def _millions(value: int) -> str:
 
 
 def format_plan(plan: dict[str, Any]) -> str:
-    """A readable table of a plan (widths, then counters)."""
+    """A readable table of a plan: the widths, then params and FLOPs of the unpruned and the slim network (and the
+    reduction) by every counter."""
     lines = [f"{plan['arch']}  compress_rate={plan['compress_rate']}", "",
              f"{'group':<34}{'rate':>6}{'original':>10}{'pruned':>8}"]
     for row in plan["widths"]:
         rate = "-" if row["rate"] is None else f"{row['rate']:.2f}"
         mark = "" if row["original"] == row["pruned"] else "  *"
         lines.append(f"{row['group']:<34}{rate:>6}{row['original']:>10}{row['pruned']:>8}{mark}")
-    lines += ["", f"{'counter':<14}{'params':>10}{'(-%)':>8}{'FLOPs':>10}{'(-%)':>8}"]
+    lines += ["", f"{'':<14}{'params':^28}{'FLOPs':^30}",
+              f"{'counter':<14}{'unpruned':>10}{'pruned':>10}{'(-%)':>8}{'unpruned':>11}{'pruned':>11}{'(-%)':>8}"]
+    base = plan["baseline"]
     for counter in ("min", "thop", "ptflops", "conv_linear"):
         p_key = "params" if counter == "min" else f"params_{counter}"
         f_key = "flops" if counter == "min" else f"flops_{counter}"
-        lines.append(f"{counter:<14}{_millions(plan[p_key]):>10}{plan['reduction_pct'][p_key]:>7.1f}%"
-                     f"{_millions(plan[f_key]):>10}{plan['reduction_pct'][f_key]:>7.1f}%")
+        lines.append(f"{counter:<14}{_millions(base[p_key]):>10}{_millions(plan[p_key]):>10}"
+                     f"{plan['reduction_pct'][p_key]:>7.1f}%{_millions(base[f_key]):>11}{_millions(plan[f_key]):>11}"
+                     f"{plan['reduction_pct'][f_key]:>7.1f}%")
     lines.append("(FLOPs are multiply-accumulates at one input of "
                  f"{plan['input_size']}x{plan['input_size']}; 'min' is min(thop, ptflops) as the paper's test.py prints)")
     return "\n".join(lines)

@@ -10,20 +10,28 @@ learning rate for that iteration and returns it. That makes resuming trivial: th
   The formula is reproduced as it is, including its dip during warm-up when ``E < 2w`` (at ``E = 2w`` epoch 0
   gets lr 0). Deviation: when ``E <= w`` it divides by zero or oscillates between 0 and lr0; there we drop the
   warm-up (``w = 0``: a plain per-epoch cosine from lr0), which short K-shot calibrations hit.
+  When the warm-up is more than ``WARMUP_WARN_FRACTION`` (10 %) of the run, building the schedule logs one
+  warning with the numbers (the warm-up epochs' mean lr): the formula is kept, but short runs should pass a
+  smaller ``--warmup_epochs`` (the quick start uses ``epochs // 10``).
 - ``onecycle``: torch's ``OneCycleLR(max_lr=lr0, div_factor=10, final_div_factor=100, pct_start=0.1)`` with its
   default cosine annealing, stepped per iteration. Like the paper's call (torch defaults), it also cycles SGD
   momentum between 0.95 and 0.85 (``cycle_momentum=True``).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
 import torch
 
-__all__ = ["LRSchedule", "build_schedule", "parse_milestones", "SCHEDULES"]
+__all__ = ["LRSchedule", "build_schedule", "parse_milestones", "warmup_warning", "SCHEDULES",
+           "WARMUP_WARN_FRACTION"]
 
 SCHEDULES = ("step", "cos", "onecycle")
+#: A cosine warm-up longer than this fraction of the run gets a warning (the paper's formula then wastes epochs).
+WARMUP_WARN_FRACTION = 0.1
+log = logging.getLogger("coring.schedule")
 
 
 def parse_milestones(text: str | Sequence[int] | None) -> list[int]:
@@ -80,6 +88,10 @@ class LRSchedule:
         self.max_momentum = float(max_momentum)
         self.epoch = 0
         self.iteration = -1  # nothing stepped yet
+        if kind == "cos":
+            message = warmup_warning(self)
+            if message:
+                log.warning(message)
 
     # ------------------------------------------------------------------ formulas
     @property
@@ -160,6 +172,22 @@ class LRSchedule:
                              f"pct_start={self.pct_start}"}[self.kind]
         return (f"LRSchedule({self.kind}, lr={self.base_lr}, epochs={self.epochs}, "
                 f"iters_per_epoch={self.iters_per_epoch}, {extra})")
+
+
+def warmup_warning(schedule: LRSchedule, fraction: float = WARMUP_WARN_FRACTION) -> str | None:
+    """One line with the numbers when the cosine warm-up is more than ``fraction`` of the run, else None."""
+    w, epochs = schedule.effective_warmup, schedule.epochs
+    if schedule.kind != "cos" or w <= fraction * epochs:
+        return None
+    n = schedule.iters_per_epoch
+    means = [sum(schedule.lr_at(e, it) for it in range(n)) / (n * schedule.base_lr) for e in range(w)]
+    idle = sum(1 for m in means if m < 0.01)
+    return (f"cosine warm-up is {w} of {epochs} epochs ({100 * w / epochs:.0f}% > {100 * fraction:.0f}% of the run): "
+            f"the paper's formula gives the warm-up epochs a mean lr of "
+            f"[{', '.join(f'{m:.2f}' for m in means)}] x lr {schedule.base_lr:g}"
+            + (f", {idle} epoch(s) at lr ~0" if idle else "")
+            + f"; a run this short wants --warmup_epochs {int(fraction * epochs)}"
+            + ("" if int(fraction * epochs) == 0 else " or fewer"))
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:

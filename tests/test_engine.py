@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
 
@@ -53,6 +54,35 @@ def test_cosine_without_room_for_warmup_drops_the_warmup_instead_of_dividing_by_
     assert s.effective_warmup == 0
     assert [round(s.lr_at(e, 0), 6) for e in range(4)] == [
         round(0.05 * (1 + math.cos(math.pi * e / 4)), 6) for e in range(4)]
+
+
+@pytest.fixture
+def schedule_records():
+    """The records of the ``coring.schedule`` logger (a handler on it: a RunLogger stops propagation at 'coring')."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("coring.schedule")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_a_long_cosine_warmup_is_one_warning_line_with_the_numbers(schedule_records):
+    s = build_schedule(None, "cos", 0.1, 10, 4, warmup_epochs=5)
+    (record,) = schedule_records
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and "\n" not in message
+    assert "5 of 10 epochs (50% > 10%" in message and "--warmup_epochs 1" in message
+    assert s.lr_at(0, 0) == 0.0 and "1 epoch(s) at lr ~0" in message  # the paper's formula is kept: it warns only
+    assert "0.00, 0.03" in message  # the warm-up epochs' mean lr as a fraction of lr0
+
+
+@pytest.mark.parametrize("epochs, warmup", [(105, 5), (12, 1), (6, 0), (4, 5)])
+def test_a_short_or_no_warmup_does_not_warn(schedule_records, epochs, warmup):
+    build_schedule(None, "cos", 0.1, epochs, 4, warmup_epochs=warmup)
+    build_schedule(None, "step", 0.1, 2, 4, warmup_epochs=5)  # only the cosine schedule warms up
+    assert schedule_records == []
 
 
 def test_onecycle_matches_hand_values_and_torch_onecyclelr():
