@@ -10,6 +10,7 @@ same directory, then ``os.replace``) and read with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
@@ -22,6 +23,8 @@ from torch import Tensor
 from coring.rank import canonical_criterion, canonical_strategy, rank_groups
 
 __all__ = ["RankCache", "weights_hash"]
+
+_log = logging.getLogger("coring.rank_cache")
 
 _FORMAT = 2
 
@@ -135,6 +138,8 @@ class RankCache:
             raise ValueError(f"got {len(names)} names for {len(groups)} groups")
         out: list[Tensor | None] = [self.get(n, g, criterion, strategy, seed) for n, g in zip(names, groups)]
         missing = [i for i, sal in enumerate(out) if sal is None]
+        _log.info("rank cache %s: %d of %d groups reused, %d to rank (%s, %s)", self.path, len(out) - len(missing),
+                  len(out), len(missing), criterion, strategy)
         if missing:
             fresh = rank_groups([groups[i] for i in missing], criterion, strategy, seed=seed,
                                 names=[names[i] for i in missing])
