@@ -177,7 +177,7 @@ def paper_matrix(factors: list[list[torch.Tensor]], criterion: str, pairs: list[
 
 
 def paper_greedy(mat: torch.Tensor, distance: bool, strategy: str) -> torch.Tensor:
-    """Greedy loop that rescans the whole matrix every step (upstream-coring.md 1.3); ``sum`` is a row sum."""
+    """Greedy loop that rescans the whole matrix every step (docs/design.md, "Greedy strategies"); ``sum`` is a row sum."""
     if strategy == "sum":
         return (1.0 if distance else -1.0) * mat.sum(dim=1)
     s = mat.clone()

@@ -1,6 +1,6 @@
 """Training and evaluation loops: accuracy, evaluate, train_one_epoch, BN re-calibration, NaN guard.
 
-Device handling (decision 10): on CUDA the loops use autocast (bf16 when the GPU supports it, else fp16 with a
+Device handling (docs/design.md, "Devices, processes and threads"): on CUDA the loops use autocast (bf16 when the GPU supports it, else fp16 with a
 GradScaler), channels_last inputs and ``cudnn.benchmark``; on CPU they run in fp32. Data is expected already on
 the device (the on-device tensor loaders of ``data``); anything else is moved with ``non_blocking=True``.
 

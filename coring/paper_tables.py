@@ -1,7 +1,7 @@
 """The paper's CORING rows and baselines (paper-readme.txt tables 1-6) and how to rebuild each row.
 
 One source of truth for the counting tests, the reproduction scripts and ``main/report.py``. Rates,
-criteria and K follow upstream-coring.md 2.8; where the paper's scripts disagree with its table, the
+criteria and K follow the paper's scripts (docs/reproduce.md); where the paper's scripts disagree with its table, the
 row follows the table (see ``note``).
 """
 from __future__ import annotations

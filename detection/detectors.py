@@ -1,4 +1,4 @@
-"""Faster R-CNN, Mask R-CNN and Keypoint R-CNN on a pruned ResNet-50 with an FPN (upstream-coring.md 5).
+"""Faster R-CNN, Mask R-CNN and Keypoint R-CNN on a pruned ResNet-50 with an FPN (detection/README.md).
 
 The backbone is ``models.build_model('resnet_50', compress_rate)`` seen through `ResNet50Body`, whose children
 are what torchvision's ``IntermediateLayerGetter`` expects (``conv1, bn1, relu, maxpool, layer1..layer4``, the

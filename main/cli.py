@@ -1,6 +1,6 @@
 """Shared argument groups: every entry point builds its one parser from these.
 
-Flag names and defaults follow the paper's command lines (upstream-coring.md 3.4 and 4), so its
+Flag names and defaults follow the paper's command lines (docs/reproduce.md), so its
 commands run unchanged; aliases keep the older spellings working.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=4 main/finetune.py ...        # DDP; --batch_size is per process
     python main/finetune.py ... --resume                     # continue from <job_dir>/checkpoint.pth.tar
 
-Recipes (upstream-coring.md 3.4; every value stays a flag, flags given on the command line win):
+Recipes (docs/design.md, "Training"; every value stays a flag, flags given on the command line win):
 
 - ``cifar`` (default): SGD lr 0.01, momentum 0.9, weight decay 5e-3, batch 256, 300 epochs, step schedule x0.1 at
   epochs 150 and 225, plain cross-entropy.
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The fine-tuning parser: the shared groups of ``main.cli`` plus the fine-tuning options."""
     parser = Parser(description="Fine-tune a pruned network (the paper's CIFAR and ImageNet recipes).",
                     epilog=_recipes_text())
-    add_model_args(parser, require_arch=False)
+    add_model_args(parser, require_arch=False, user_model=True)
     add_data_args(parser)
     add_device_args(parser)
     add_optim_args(parser)
@@ -166,10 +166,10 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
 
 def _build_model(args: argparse.Namespace, source: Any, num_classes: int) -> nn.Module:
     meta = source if isinstance(source, dict) else {}
-    if args.arch is None and meta.get("arch") is None:
+    if args.arch is None and meta.get("arch") is None and args.model is None:
         raise ValueError("no architecture: pass --arch (the checkpoint does not record one)")
     classes = args.num_classes or meta.get("num_classes") or num_classes
-    model = model_from_checkpoint(meta, args.arch, args.compress_rate, classes)
+    model = model_from_checkpoint(meta, args.arch, args.compress_rate, classes, args.model)
     if source is not None:
         load_weights(model, source)
     return model

@@ -1,6 +1,6 @@
 """Parse the paper's ``--compress_rate`` strings without ``eval``.
 
-Grammar (upstream-coring.md 2.1): terms joined by ``+``; each term is a float with an optional
+Grammar (docs/design.md, "Compress rates"): terms joined by ``+``; each term is a float with an optional
 repeat count, brackets are cosmetic: ``[0.21]*7+[0.75]*5``, ``[0.]+[0.18]*29``, ``0.1*3``.
 Each value is the fraction of filters to *remove*; a layer of ``c`` filters keeps ``int(c * (1 - r))``.
 """
@@ -11,7 +11,10 @@ from typing import Sequence
 
 __all__ = ["CompressRateError", "parse_compress_rate", "format_compress_rate", "kept_width", "as_rate_list"]
 
-_TERM = re.compile(r"^\[?\s*(?P<value>\d+(?:\.\d*)?|\.\d+)\s*\]?(?:\s*\*\s*(?P<count>\d+))?\s*\]?$")
+_TERM = re.compile(r"^\[?\s*(?P<value>\d+(?:\.\d*)?|\.\d+)\s*\]?(?:\s*\*\s*(?P<count>\d+))?\s*\]?$",
+                   re.ASCII)
+#: Most entries a rate list may hold (architectures need at most 57; the paper's baselines pass 100).
+MAX_RATES = 100_000
 
 
 class CompressRateError(ValueError):
@@ -34,16 +37,32 @@ def parse_compress_rate(text: str) -> list[float]:
         match = _TERM.match(term.strip())
         if match is None:
             raise CompressRateError(
-                f"bad compress-rate term {term.strip()!r} in {text!r}; expected '[r]', '[r]*n' or 'r*n' "
-                "with 0 <= r < 1 and n a positive integer")
+                f"bad compress-rate term {_short(term.strip())!r} in {_short(text, 120)!r}; expected '[r]', "
+                "'[r]*n' or 'r*n' with 0 <= r < 1 and n a positive integer")
         value = float(match.group("value"))
-        count = int(match.group("count")) if match.group("count") is not None else 1
-        if count < 1:
-            raise CompressRateError(f"bad repeat count in term {term.strip()!r}: expected a positive integer")
         if not 0.0 <= value < 1.0:
-            raise CompressRateError(f"rate {value} in term {term.strip()!r} is outside [0, 1)")
+            raise CompressRateError(f"rate {value} in term {_short(term.strip())!r} is outside [0, 1)")
+        count = _repeat_count(match.group("count"), term.strip(), len(rates))
         rates.extend([value] * count)
     return rates
+
+
+def _repeat_count(digits: str | None, term: str, so_far: int) -> int:
+    """The repeat count of ``term``, checked against ``MAX_RATES`` before any list is built."""
+    if digits is None:
+        return 1
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(MAX_RATES)) or (significant and so_far + int(significant) > MAX_RATES):
+        raise CompressRateError(f"repeat count in term {_short(term)!r} is too large: a rate list holds at most "
+                                f"{MAX_RATES} entries")
+    if not significant:
+        raise CompressRateError(f"bad repeat count in term {_short(term)!r}: expected a positive integer")
+    return int(significant)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def as_rate_list(rates: str | Sequence[float] | None, length: int, arch: str = "") -> list[float]:
@@ -53,7 +72,13 @@ def as_rate_list(rates: str | Sequence[float] | None, length: int, arch: str = "
     """
     if rates is None:
         return [0.0] * length
-    values = parse_compress_rate(rates) if isinstance(rates, str) else [float(r) for r in rates]
+    if isinstance(rates, str):
+        values = parse_compress_rate(rates)
+    else:
+        try:
+            values = [float(r) for r in rates]
+        except (TypeError, ValueError) as exc:
+            raise CompressRateError(f"compress rate must be a string or a list of numbers: {exc}") from None
     for value in values:
         if not 0.0 <= value < 1.0:
             raise CompressRateError(f"rate {value} is outside [0, 1)")

@@ -5,7 +5,7 @@
 
 The row (criterion, K, compress rate, expected params/FLOPs, notes) comes from ``coring.paper_tables.CORING_ROWS``;
 the training recipe of each row (epochs, schedule, weight decay, batch) and the paper script it comes from are
-below (upstream-coring.md sections 2.8 and 3.4). Shared shell code lives in ``scripts/lib/common.sh``.
+below (docs/reproduce.md). Shared shell code lives in ``scripts/lib/common.sh``.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ RECIPES: dict[str, Recipe] = {
 
 _BROKEN = "as written it omits --compress_rate before the rate, so argparse rejects it"
 
-# (arch, row script) -> where the row's recipe comes from in the paper's code (upstream-coring.md 2.8).
+# (arch, row script) -> where the row's recipe comes from in the paper's code (docs/reproduce.md).
 PAPER_SCRIPTS: dict[tuple[str, str], str] = {
     ("vgg_16_bn", "c5"): "the clean snapshot's VGG soft.sh (main/cifar10.py; it ranks with Euclide_dis, K=5)",
     ("vgg_16_bn", "c15"): "none prunes this rate K-shot. HEAD's VGG cosine|euc|vbd.sh prune it one-shot with "

@@ -1,5 +1,5 @@
 """Tests of main/checkpoint.py: every checkpoint format the paper's code wrote loads, strictly and safely, and
-saving is atomic (spec decision 8)."""
+saving is atomic (docs/design.md, "Checkpoints and job directories")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import torchvision
 from coring.paper_tables import CORING_ROWS
 from models import arch_spec, build_model, channel_layout, list_models
 
-# Every compress rate of upstream-coring.md 2.8 (scripts and table rows), per arch.
+# Every compress rate of the paper's scripts and table rows (docs/reproduce.md), per arch.
 SPEC_RATES = {
     "vgg_16_bn": ["[0.05]*7+[0.2]*5", "[0.21]*7+[0.75]*5", "[0.5]*2+[0.65]*5+[0.8]*5", "[0.45]*7+[0.78]*5",
                   "[0.3]*7+[0.75]*5", "[0.1]*7+[0.38]*5", "[0.21]*7+[0.75]*5+[0.]"],

@@ -67,7 +67,7 @@ def ref_is_constant(a: torch.Tensor) -> bool:
 
 
 def ref_metric(a: torch.Tensor, b: torch.Tensor, criterion: str) -> float:
-    """One metric value for one pair of vectors (upstream-coring.md 1.2 plus the documented 0/0 rules)."""
+    """One metric value for one pair of vectors (docs/design.md, "Pairwise matrix", plus the documented 0/0 rules)."""
     if criterion == "cosine_sim":
         na, nb = float(a.norm()), float(b.norm())
         if na == 0 and nb == 0:
@@ -118,7 +118,7 @@ def ref_pairwise_matrix(summaries_per_conv: list[list[torch.Tensor]], criterion:
 
 
 def ref_greedy(mat: torch.Tensor, distance: bool, strategy: str) -> list[int]:
-    """upstream-coring.md 1.3, literally: rescan the whole matrix for its first arg-min/arg-max every step."""
+    """The paper's greedy loop (docs/design.md, "Greedy strategies"), literally: rescan the whole matrix for its first arg-min/arg-max every step."""
     s = mat.detach().to(torch.float64).cpu().numpy().copy()
     n = s.shape[0]
     inf = np.inf if distance else -np.inf
