@@ -388,8 +388,6 @@ def _run(engine: Engine, args: argparse.Namespace, device: torch.device, job_dir
         start = time.perf_counter()
         model, keep = engine.prune_shot(model, shot, batches=batches, cache=cache if shot == 0 else None)
         if cache is not None and shot == 0:
-            log.info("rank cache %s: %d hit(s), %d miss(es)", cache.path, getattr(cache, "hits", 0),
-                     getattr(cache, "misses", 0))
             try:
                 cache.save()
             except OSError as error:  # a read-only checkpoint folder must not stop the run
