@@ -79,10 +79,13 @@ def conv_linear_macs(model: nn.Module, inputs: torch.Tensor, *, channel_block: i
 
     handles = [module.register_forward_hook(conv_hook if isinstance(module, nn.Conv2d) else linear_hook)
                for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()  # one image through a BatchNorm1d in training mode is an error, and statistics must not move
     try:
         with torch.no_grad():
             model(inputs)
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     return macs

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from coring.counting import count_complexity
+from coring.counting import count_complexity, count_conv_linear
 from coring.paper_tables import BASELINES, CORING_ROWS
 from models import arch_spec, build_model
 
@@ -49,3 +49,12 @@ def test_conv_linear_macs_count_the_whole_batch_and_leave_grouped_convs_unpadded
     one_image = 6 * 3 * 9 * 25 + 6 * 1 * 9 * 25 + 150 * 2
     assert conv_linear_macs(net, torch.rand(2, 3, 5, 5)) == 2 * one_image
     assert conv_linear_macs(net, torch.rand(1, 3, 5, 5), channel_block=8) == 8 * 3 * 9 * 25 + 6 * 9 * 25 + 150 * 2
+
+
+def test_conv_linear_count_works_on_a_model_in_training_mode_and_leaves_it_so():
+    """VGG's BatchNorm1d refuses one image in training mode; counting must not care, nor move BN statistics."""
+    model = build_model("vgg_16_bn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params, macs = count_conv_linear(model, 32)
+    assert macs > 0 and params > 0 and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
