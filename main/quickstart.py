@@ -20,32 +20,38 @@ from pathlib import Path
 from typing import Sequence
 
 from coring.checkpoint import load_checkpoint, load_weights
+from coring.cli import Parser, positive_int, threads
+from coring.device import resolve_device
 from coring.latency import LatencyComparison, compare_latency
 from coring.prune_run import run_prune
+from coring.threads import configure_threads
+from main import cli
 from main import prune as prune_entry
 from main import test as test_entry
 from main.finetune import make_args, run_finetune
-from models import build_model
+from models import build_model, list_models
+from models.registry import check_compress_rate
 
 __all__ = ["run_quickstart", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--arch", default="resnet_56")
-    parser.add_argument("--compress_rate", default="[0.]+[0.15]*2+[0.4]*27",
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet_56", choices=list_models())
+    parser.add_argument("--compress_rate", type=cli.compress_rate_text, default="[0.]+[0.15]*2+[0.4]*27",
                         help="the paper's CORING-V-5 ResNet-56 row (-47%% FLOPs)")
-    parser.add_argument("--criterion", default="VBD_dis")
-    parser.add_argument("--strategy", default="min_sum")
-    parser.add_argument("--baseline_epochs", type=int, default=12)
-    parser.add_argument("--finetune_epochs", type=int, default=6)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--limit_train", type=int, default=None, help="train on fewer images (smoke tests)")
+    parser.add_argument("--criterion", type=cli.criterion_name, default="VBD_dis")
+    parser.add_argument("--strategy", type=cli.strategy_name, default="min_sum")
+    parser.add_argument("--baseline_epochs", type=positive_int, default=12)
+    parser.add_argument("--finetune_epochs", type=positive_int, default=6)
+    parser.add_argument("--batch_size", type=positive_int, default=32)
+    parser.add_argument("--limit_train", type=positive_int, default=None, help="train on fewer images (smoke tests)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--latency_repeats", type=int, default=60,
                         help="interleaved timed calls per model at batch 1 (batch 64: a sixth, at least 3)")
     parser.add_argument("--job_dir", default="pruned_model/quickstart")
+    parser.add_argument("--threads", type=threads, default="auto",
+                        help="CPU threads for training ('auto': the idle cores); latency picks its own fastest count")
     return parser
 
 
@@ -56,7 +62,14 @@ def _train(job_dir: Path, epochs: int, lr: float, args: argparse.Namespace, **ex
     return run_finetune(run_args)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Check what the parser cannot before the first epoch: the rate against the arch and the device."""
+    check_compress_rate(args.arch, args.compress_rate)
+    resolve_device(args.device)
+
+
 def run_quickstart(args: argparse.Namespace) -> dict:
+    validate(args)
     job = Path(args.job_dir)
     print(f"[1/4] training the {args.arch} baseline on digits for {args.baseline_epochs} epochs")
     _train(job / "baseline", args.baseline_epochs, 0.05, args, arch=args.arch)
@@ -145,8 +158,9 @@ def _table(results: dict, pruned: dict, timing: dict[str, LatencyComparison], ar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run_quickstart(build_parser().parse_args(argv))
-    return 0
+    args = build_parser().parse_args(argv)
+    configure_threads(args.threads)
+    return cli.run_reporting_errors(run_quickstart, args)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_entry_point_help_shows_defaults_and_the_spelling_note(module, capsys):
     assert "(default: None)" not in out and "(default: (default" not in out
 
 
-@pytest.mark.parametrize("module", [prune, finetune, test])
+@pytest.mark.parametrize("module", [prune, finetune, test, quickstart])
 def test_every_entry_point_takes_threads(module):
     parser = module.build_parser()
     assert parser.parse_args(["--threads", "1"] + (["--model_path", "x.pth"] if module is test else [])).threads == 1
