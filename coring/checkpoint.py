@@ -1,4 +1,4 @@
-"""Checkpoint reading and writing (spec decision 8; upstream-coring.md 3.5).
+"""Checkpoint reading and writing (docs/design.md, "Checkpoints and job directories").
 
 Reads every format the paper's code wrote: ``{'state_dict', 'epoch', 'best_top1_acc', 'optimizer'}`` dicts (with
 ``best_top1_acc`` a tensor or a numpy scalar, ImageNet runs adding ``best_top5_acc``), bare state dicts,
@@ -23,9 +23,12 @@ import collections
 import contextlib
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +47,30 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model (one-line message)."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A file could not be written (full disk, read-only directory): one line naming it; still an ``OSError``."""
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """``error`` or the OSError behind it (``torch.save`` reports a failed write as a RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _write_error(path: Path, error: OSError, *, earlier: bool) -> CheckpointWriteError:
+    reason = error.strerror or str(error) or type(error).__name__
+    tail = "; the earlier file is left as it was" if earlier else ""
+    out = CheckpointWriteError(f"cannot write '{path}': {reason}{tail}")
+    out.errno = error.errno
+    return out
+
+
 def _numpy_safe_globals() -> list[Any]:
     """The numpy (and argparse) objects a checkpoint may hold, under their numpy 1 and numpy 2 names."""
     from numpy._core import multiarray
@@ -55,11 +82,38 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, without terminal colour codes, prefixed by its type."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     line = text.splitlines()[0].strip() if text else ""
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+_GLOBAL_REFUSED = re.compile(r"GLOBAL [\w.]+|Unsupported class [\w.]+")
+
+
+def _is_pickle_stream(path: Path) -> bool:
+    """Whether ``path`` opens with a well-formed pickle (opcodes parsed, nothing executed): a plain pickle the
+    weights-only unpickler refuses, rather than damaged bytes."""
+    if zipfile.is_zipfile(path):
+        return True  # torch's format; its data.pkl was refused, not damaged
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+    except Exception:  # noqa: BLE001 - any parse failure means damaged bytes
+        return False
+    return True
+
+
+def _refused(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, e.g. ``GLOBAL posix.system`` or ``pickle opcode 149``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported class ([\w.]+)", text)
+    if found:
+        return f"GLOBAL {found.group(1)}"
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    return f"pickle opcode {operand.group(1)}" if operand else "a pickle instruction torch.load refuses"
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -70,20 +124,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: '{path}'")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's multi-line note on a pickle protocol: errors say it all
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported (?:global: GLOBAL|class) [\w.]+", str(exc))
-        if refused is None:  # a damaged pickle stream, not a forbidden object
-            damage = re.search(r"Unsupported operand \d+", str(exc))
-            detail = damage.group(0) if damage else "damaged pickle data"
-            raise CheckpointError(f"'{path}' is not a readable checkpoint: {detail}") from None
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler met something it does not allow
+        if not _GLOBAL_REFUSED.search(str(exc)) and not _is_pickle_stream(path):
+            raise CheckpointError(f"'{path}' is not a readable checkpoint: damaged data (not a pickle stream)"
+                                  ) from None
         raise CheckpointError(
-            f"'{path}' holds objects that torch.load(weights_only=True) refuses ({refused.group(0)}); it is not "
-            f"loaded unsafely: re-save it as a dict of tensors and plain values"
+            f"'{path}' holds objects that are not allowed for safe loading (torch.load(weights_only=True) refused "
+            f"{_refused(exc)}); it was not loaded: re-save it as a dict of tensors and plain values"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to read is one error type for the caller
-        raise CheckpointError(f"'{path}' is not a readable checkpoint: {_first_line(exc)}") from None
+        raise CheckpointError(f"'{path}' is not a readable checkpoint: {first_line(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a dict or a state dict")
     return obj
@@ -202,7 +255,7 @@ def load_weights(model: nn.Module, source: str | Path | Mapping) -> dict:
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
-        raise CheckpointError(f"checkpoint does not fit the model: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint does not fit the model: {first_line(exc)}") from None
     bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] + list(result.unexpected_keys)
     if bad:  # unreachable after _check_fits, kept as a guard against a custom _load_from_state_dict
         raise CheckpointError(f"checkpoint does not fit the model: '{bad[0]}' was not loaded")
@@ -220,14 +273,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
     The one writer behind checkpoints, copies of them and JSON records. If writing fails (a full disk, a
     read-only directory, an object that cannot be pickled), the temporary file is removed, an existing ``path``
-    is left as it was, and an ``OSError`` comes back as a one-line ``CheckpointError`` naming the path.
+    is left as it was, and an ``OSError`` (also one that ``torch.save`` wraps in a RuntimeError) comes back as a
+    one-line ``CheckpointWriteError`` naming the path (a ``CheckpointError`` and an ``OSError``).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
-        raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
+        raise _write_error(path, error, earlier=False) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; give the usual mode
@@ -239,9 +293,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise CheckpointError(f"cannot write {path}: {error.strerror or error}; the earlier file is "
-                                  "left as it was") from None
+        os_error = _os_error_in(error) if isinstance(error, Exception) else None
+        if os_error is not None:
+            raise _write_error(path, os_error, earlier=path.exists()) from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable (POSIX; not possible on every platform)
         dir_fd = os.open(path.parent, os.O_RDONLY)
