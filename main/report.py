@@ -3,8 +3,10 @@
     python main/report.py --job_dir runs [--out results]
 
 A *run* is a directory holding ``prune_summary.json`` (``main/prune.py``); its fine-tuning is the directory whose
-``args.json`` names the run's ``pruned.pth.tar`` as ``--pretrained``, else the sibling ``finetune/`` (the layout of
-``scripts/``), else the run directory itself. Accuracies come from the fine-tuning's ``metrics.csv`` (one row per
+``args.json`` names the run's ``pruned.pth.tar`` as ``--pretrained`` (of several, such as an ``--evaluate`` run next
+to the real fine-tuning, the one with the most epochs in ``metrics.csv``: the table names it and the others, and a
+warning is printed when more than one of them trained), else the sibling ``finetune/`` (the layout of
+``scripts/``), else the run directory itself. The library behind it is ``coring.report``. Accuracies come from the fine-tuning's ``metrics.csv`` (one row per
 epoch; ``summary.json`` when there is no CSV), so a run still in progress shows its best epoch so far.
 
 A run matches a paper row (``coring.paper_tables.CORING_ROWS``) when arch, criterion, strategy ``min_sum``, K and

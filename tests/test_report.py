@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -258,3 +259,80 @@ def test_runs_list_gpu_hours_from_the_epoch_times(tmp_path):
 def test_missing_job_dir_is_an_error(tmp_path, capsys):
     assert report_entry.main(["--job_dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def _evaluate_dir(root: Path, name: str, prune: Path, dataset: str = "cifar10") -> Path:
+    """What ``finetune.py --evaluate --pretrained <prune>/pruned.pth.tar`` writes: args.json and summary.json."""
+    where = root / name
+    where.mkdir(parents=True)
+    (where / "args.json").write_text(json.dumps({"pretrained": str(prune / "pruned.pth.tar"), "dataset": dataset,
+                                                 "epochs": 300, "evaluate": True}))
+    (where / "summary.json").write_text(json.dumps({"dataset": dataset, "test_top1": 10.0}))
+    return where
+
+
+def test_a_newer_evaluate_directory_does_not_hide_the_fine_tuning_that_trained(tmp_path):
+    prune = make_run(tmp_path / "runs", "e5", ROW_E5, top1=[90.0, 94.9, 94.5], epochs=3)
+    _evaluate_dir(tmp_path / "runs", "e5_eval", prune)  # written last: the newest args.json naming the checkpoint
+    (run,) = report.find_runs(tmp_path / "runs")
+    assert run.finetune_dir == prune.parent / "finetune" and run.epochs_done == 3 and run.status == "done"
+    assert run.finetune_ignored == [(tmp_path / "runs" / "e5_eval", 0)]
+    report.write_report(tmp_path / "runs", tmp_path / "out")
+    line = _row_line(tmp_path / "out", ROW_E5)
+    assert line["Top-1 (%) ours"] == "94.90" and "pruned only" not in line["Run"]
+    assert "fine-tuning `e5/finetune`" in line["Run"] and "`e5_eval` (0 epochs)" in line["Run"]
+    assert "AMBIGUOUS" not in line["Run"]
+    (listed,) = _tables((tmp_path / "out" / "table.md").read_text())["Runs"]
+    assert listed["Fine-tuning shown"].startswith("fine-tuning `e5/finetune`, the most epochs")
+
+
+def test_two_fine_tunings_that_trained_show_the_longer_and_warn(tmp_path, caplog):
+    prune = make_run(tmp_path / "runs", "e5", ROW_E5, top1=[90.0, 91.0])
+    second = tmp_path / "runs" / "e5_again"
+    second.mkdir()
+    (second / "args.json").write_text(json.dumps({"pretrained": str(prune / "pruned.pth.tar"), "dataset": "cifar10",
+                                                  "epochs": 5}))
+    with open(second / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["epoch", "test_top1", "test_top5"])
+        writer.writeheader()
+        writer.writerows({"epoch": e, "test_top1": 80.0 + e, "test_top5": 99.0} for e in range(5))
+    logger = report.runs.log
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        (run,) = report.find_runs(tmp_path / "runs")
+    finally:
+        logger.removeHandler(handler)
+    assert run.finetune_dir == second and run.epochs_done == 5 and run.best_top1 == 84.0
+    (record,) = records
+    assert "ambiguous fine-tuning" in record.getMessage() and "(2 epochs)" in record.getMessage()
+    report.write_report(tmp_path / "runs", tmp_path / "out")
+    assert "AMBIGUOUS" in _row_line(tmp_path / "out", ROW_E5)["Run"]
+
+
+def test_point_labels_are_placed_clear_of_each_other_and_inside_the_axes():
+    from coring.report.plots import _figure, _place_labels
+
+    fig = _figure(5, 4)
+    ax = fig.subplots()
+    points = [(100.0, 94.0, "c_moderate", "tab:blue"), (105.0, 94.02, "v_soft", "tab:blue"),
+              (100.0, 93.98, "c_moderate", "tab:orange"), (300.0, 93.0, "baseline", "tab:blue")]
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    ax.margins(x=0.12, y=0.15)
+    fig.tight_layout()
+    _place_labels(fig, ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == len(points)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+
+
+def test_metric_ablation_groups_sort_k_as_numbers():
+    from coring.report.plots import _group_order
+
+    keys = [("resnet_56", (0.0,), 15, "cifar10"), ("resnet_56", (0.0,), 5, "cifar10"), ("resnet_56", (0.0,), 1, "cifar10")]
+    assert [k[2] for k in sorted(keys, key=_group_order)] == [1, 5, 15]
