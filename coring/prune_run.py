@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coring.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from coring.counting import count_complexity, count_conv_linear
 from coring.device import resolve_device
 from coring.engine import evaluate, evaluate_pruned, prepare_model
@@ -390,7 +390,7 @@ def _run(engine: Engine, args: argparse.Namespace, device: torch.device, job_dir
         if cache is not None and shot == 0:
             try:
                 cache.save()
-            except OSError as error:  # a read-only checkpoint folder must not stop the run
+            except (OSError, CheckpointError) as error:  # a read-only checkpoint folder must not stop the run
                 log.warning("could not write the rank cache %s: %s", cache.path, error)
         log.info("shot %d/%d: ranked and slimmed in %.2f s", shot + 1, args.shot, time.perf_counter() - start)
         if calib_epochs:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
+
+from coring.checkpoint import atomic_write
 
 __all__ = ["RunLogger", "METRIC_FIELDS", "LOGGER_NAME", "get_logger", "plot_curves", "read_metrics",
            "write_json"]
@@ -40,11 +44,9 @@ def get_logger(name: str | None = None) -> logging.Logger:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file + rename); non-JSON values become strings."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON atomically (``atomic_write``); non-JSON values become strings."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class RunLogger:
@@ -145,13 +147,12 @@ class RunLogger:
                 continue
             if epoch <= last_epoch:
                 kept[epoch] = row
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.metric_fields, extrasaction="ignore")
-            writer.writeheader()
-            for epoch in sorted(kept):
-                writer.writerow(kept[epoch])
-        os.replace(tmp, self.metrics_path)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.metric_fields, extrasaction="ignore")
+        writer.writeheader()
+        for epoch in sorted(kept):
+            writer.writerow(kept[epoch])
+        atomic_write(self.metrics_path, lambda f: f.write(buffer.getvalue().encode("utf-8")))
         return len(kept)
 
     # ------------------------------------------------------------------ lifetime
@@ -177,9 +178,33 @@ def _fmt(value: Any) -> Any:
 
 
 def read_metrics(csv_path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a ``metrics.csv`` as dicts of strings."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """The rows of a ``metrics.csv`` as dicts of strings.
+
+    A torn last row (a run killed while appending it: no line end, or fewer fields than the header) is dropped
+    with a warning naming the file; so is any other row whose field count does not match the header.
+    """
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    torn = len(lines) > 1 and not lines[-1].endswith(("\n", "\r"))
+    if torn:
+        warnings.warn(f"{csv_path}: dropping the torn last row {lines[-1].strip()!r} (no line end; the run "
+                      f"stopped while writing it)", stacklevel=2)
+        text = "".join(lines[:-1])
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return []
+    rows = []
+    for number, values in enumerate(reader, start=2):
+        if not values:
+            continue
+        if len(values) != len(header):
+            warnings.warn(f"{csv_path}: dropping row {number} ({len(values)} fields, the header has "
+                          f"{len(header)})", stacklevel=2)
+            continue
+        rows.append(dict(zip(header, values)))
+    return rows
 
 
 def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
@@ -223,7 +248,5 @@ def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png"))
     return png_path
