@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -27,18 +27,22 @@ class PruneResult:
 
 
 def prune(model: nn.Module, arch: str, compress_rate: str | Sequence[float], criterion: str = "VBD_dis",
-          strategy: str = "min_sum", *, seed: int = 0, cache=None, num_classes: int | None = None) -> PruneResult:
+          strategy: str = "min_sum", *, seed: int = 0, cache=None, num_classes: int | None = None,
+          batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PruneResult:
     """Slim ``model`` (any ``build_model(arch, ...)`` instance, pruned or not) to ``build_model(arch, compress_rate)``.
 
     Rates are measured against the original widths, so a model already pruned at a lower rate can be
     pruned further (K-shot). The slim model is on ``model``'s device, in ``model``'s train/eval mode.
+    ``batches`` of ``(images, labels)`` feed the data-driven criteria (``hrank``, ``chip``, ``taylor``), which
+    refuse to run without them; weight-only criteria ignore them.
     """
     layout = channel_layout(model, arch)
     parameter = next(model.parameters())
     classes = num_classes if num_classes is not None else num_outputs(model)
     slim = build_model(arch, compress_rate, classes).to(device=parameter.device, dtype=parameter.dtype)
     dst_widths = channel_layout(slim, arch).widths(slim)
-    keep, saliency = select_channels(model, layout, dst_widths, criterion, strategy, seed=seed, cache=cache)
+    keep, saliency = select_channels(model, layout, dst_widths, criterion, strategy, seed=seed, cache=cache,
+                                     batches=batches)
     transfer_weights(model, slim, layout, keep)
     slim.train(model.training)
     return PruneResult(slim, keep, saliency)
@@ -51,7 +55,7 @@ def prune_model(model: nn.Module, arch: str, compress_rate: str | Sequence[float
 
 
 def shot_rates(rates: Sequence[float], shots: int) -> list[list[float]]:
-    """Rates of each round of K-shot pruning: r/K, r/(K-1), ..., r (upstream-coring.md 3.3)."""
+    """Rates of each round of K-shot pruning: r/K, r/(K-1), ..., r (docs/design.md, "Two engines, one run layer")."""
     if shots < 1:
         raise ValueError(f"--shot must be >= 1, got {shots}")
     return [[r / (shots - s) for r in rates] for s in range(shots)]

@@ -4,16 +4,18 @@ The pipeline for one layer (or several coupled layers that share output channels
 
 1. :func:`filter_summaries` -- a truncated HOSVD of every filter, batched over the layer: for each mode of
    length > 1, the leading left singular vector of the filter's mode unfolding, sign-normalised
-   (decisions 1-3 of the spec).
+   (docs/design.md, "Ranking").
 2. :func:`pairwise_matrix` -- the ``N x N`` matrix ``S_ij = mean over (conv, informative mode) of
-   metric(u_i, u_j)`` computed with Gram matrices in float64 (upstream-coring.md section 1.2).
+   metric(u_i, u_j)`` computed with Gram matrices in float64 (docs/design.md, "Pairwise matrix").
 3. :func:`saliency_from_matrix` / :func:`saliency_from_matrices` -- the ``min_sum`` / ``min_min`` greedy
-   removal loop (reproducing upstream-coring.md section 1.3, tie-breaks included) or ``sum``.
+   removal loop (reproducing the paper's loop, tie-breaks included: docs/design.md, "Greedy strategies") or ``sum``.
 4. :func:`select_from_saliency` -- keep the ``n_keep`` highest-saliency filters, sorted by index.
 
 :func:`rank_groups` runs the whole pipeline for many groups at once (the greedy loop is batched over groups
 with the same number of filters); :func:`filter_saliency`, :func:`group_saliency` and :func:`select_filters`
-are thin wrappers around it. Baseline criteria ``l1``, ``l2`` and ``random`` use the same entry points.
+are thin wrappers around it. The weight-only criteria of the field, ``l1``, ``l2``, ``random`` and ``fpgm`` (He et
+al., CVPR 2019), use the same entry points; the data-driven ones, ``hrank``, ``chip`` and ``taylor``, are named
+here but scored from feature maps by :mod:`coring.feature_criteria` (``rank_groups`` refuses them: no data).
 
 Everything is computed on the weight's device in float64 (the greedy loop itself runs on the host: it is a
 sequential loop of O(N) steps over an ``N x N`` matrix, which a GPU cannot speed up); saliencies are returned
@@ -34,13 +36,17 @@ __all__ = [
     "BASELINE_CRITERIA",
     "CRITERIA",
     "CRITERION_ALIASES",
+    "DATA_CRITERIA",
     "PAPER_CRITERIA",
     "STRATEGIES",
     "canonical_criterion",
     "canonical_strategy",
+    "combine_scores",
     "filter_saliency",
     "filter_summaries",
+    "fpgm_scores",
     "group_saliency",
+    "is_data_driven",
     "is_distance",
     "pairwise_matrix",
     "rank_groups",
@@ -72,22 +78,26 @@ CRITERION_ALIASES: dict[str, str] = {
     "pearson": "Pearson_sim",
     "snr": "SNR_dis",
 }
-#: Baselines run through the same pipeline: filter L1 norm, L2 norm, seeded uniform noise.
-BASELINE_CRITERIA: tuple[str, ...] = ("l1", "l2", "random")
+#: Weight-only criteria run through the same pipeline: filter L1 norm, L2 norm, seeded uniform noise, and FPGM
+#: (sum of Euclidean distances to the layer's other filters; filters near the geometric median go first).
+BASELINE_CRITERIA: tuple[str, ...] = ("l1", "l2", "random", "fpgm")
+#: Data-driven criteria, scored from feature maps of a few training batches (``coring.feature_criteria``):
+#: HRank (average feature-map rank), CHIP (channel independence), first-order Taylor (|activation x gradient|).
+DATA_CRITERIA: tuple[str, ...] = ("hrank", "chip", "taylor")
 #: Every accepted criterion name.
-CRITERIA: tuple[str, ...] = PAPER_CRITERIA + tuple(CRITERION_ALIASES) + BASELINE_CRITERIA
+CRITERIA: tuple[str, ...] = PAPER_CRITERIA + tuple(CRITERION_ALIASES) + BASELINE_CRITERIA + DATA_CRITERIA
 #: Every accepted strategy name.
 STRATEGIES: tuple[str, ...] = ("min_sum", "min_min", "sum")
 
 _CRITERION_LOOKUP: dict[str, str] = {
     **{name.lower(): name for name in PAPER_CRITERIA},
     **CRITERION_ALIASES,
-    **{name: name for name in BASELINE_CRITERIA},
+    **{name: name for name in BASELINE_CRITERIA + DATA_CRITERIA},
 }
 
 
 def canonical_criterion(name: str) -> str:
-    """Return the canonical criterion name (the paper's spelling, or ``l1``/``l2``/``random``).
+    """Return the canonical criterion name (the paper's spelling, or a name of ``BASELINE_CRITERIA``/``DATA_CRITERIA``).
 
     Matching is case-insensitive, so ``"vbd_dis"``, ``"VBD"`` and ``"vbd"`` all give ``"VBD_dis"``.
     Raises ValueError with a one-line message listing the valid names.
@@ -112,9 +122,14 @@ def canonical_strategy(name: str) -> str:
 def is_distance(criterion: str) -> bool:
     """True when a (canonical or alias) CORING criterion is a distance (the paper's ``"dis" in name`` test)."""
     crit = canonical_criterion(criterion)
-    if crit in BASELINE_CRITERIA:
+    if crit in BASELINE_CRITERIA + DATA_CRITERIA:
         raise ValueError(f"criterion {crit!r} is a baseline, not a pairwise metric")
     return "dis" in crit
+
+
+def is_data_driven(criterion: str) -> bool:
+    """True for the criteria scored from feature maps of training images (``hrank``, ``chip``, ``taylor``)."""
+    return canonical_criterion(criterion) in DATA_CRITERIA
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -363,7 +378,7 @@ def pairwise_matrix(
     ONE matrix averaged over all their (conv, mode) pairs, each weighing the same, so a conv with three
     informative modes counts three times as much as a 1x1 conv with one; the greedy strategy then runs once.
 
-    Metrics (upstream-coring.md 1.2), for rows ``a = u_i``, ``b = u_j``:
+    Metrics (docs/design.md, "Pairwise matrix"), for rows ``a = u_i``, ``b = u_j``:
 
     - ``cosine_sim``: ``|a.b| / (|a| |b|)``;
     - ``Euclide_dis``: ``|a - b|_2``;  ``Manhattan_dis``: ``|a - b|_1``;
@@ -382,12 +397,12 @@ def pairwise_matrix(
     Gram form of a difference cancels (``|a-b|^2`` or ``Var(a-b)`` below 1e-3 of its scale) are recomputed from
     ``a - b`` directly, so near-duplicates keep full relative accuracy. Bitwise-identical filters give
     bitwise-identical rows and columns (exact ties, so the greedy tie-break rules apply to them); symmetric
-    metrics give an exactly symmetric matrix. Summaries of length 1 are ignored (decision 3); when no
+    metrics give an exactly symmetric matrix. Summaries of length 1 are ignored (docs/design.md, "Degenerate modes"); when no
     summary is longer than 1 (a ``[N, 1, 1, 1]`` weight) the matrix is all zeros: every pair is equally
     redundant and the greedy loop removes filters in index order.
     """
     crit = canonical_criterion(criterion)
-    if crit in BASELINE_CRITERIA:
+    if crit in BASELINE_CRITERIA + DATA_CRITERIA:
         raise ValueError(f"criterion {crit!r} is a baseline, it has no pairwise matrix")
     if len(summaries_per_conv) and isinstance(summaries_per_conv[0], Tensor):
         summaries_per_conv = [summaries_per_conv]  # type: ignore[list-item]
@@ -422,7 +437,7 @@ def pairwise_matrix(
 
 
 def _greedy_removal_order(dist: np.ndarray, min_min: bool) -> np.ndarray:
-    """Greedy removal loop of upstream-coring.md 1.3 on a batch of distance-oriented matrices ``[B, N, N]``.
+    """Greedy removal loop (docs/design.md, "Greedy strategies") on a batch of distance-oriented matrices ``[B, N, N]``.
 
     Returns the removal step of every filter (``[B, N]``, int64; the last survivor gets ``N - 1``).
 
@@ -482,7 +497,7 @@ def saliency_from_matrices(mats: Tensor, distance: bool, strategy: str = "min_su
     """Saliency (higher = keep) for a batch of ``[B, N, N]`` matrices of equal ``N``, in one loop.
 
     ``distance`` tells whether the entries are distances (small = redundant) or similarities (large =
-    redundant). Strategies (upstream-coring.md 1.3):
+    redundant). Strategies (docs/design.md, "Greedy strategies"):
 
     - ``sum``: ``dis * S.sum(dim=-1)`` (diagonal included), ``dis = +1`` for distances, ``-1`` otherwise.
     - ``min_sum`` / ``min_min``: the greedy loop. Each step takes the most redundant live pair ``(r, c)``,
@@ -555,9 +570,43 @@ def _check_group(weights: Sequence[Tensor], name: str | None, index: int) -> lis
     return weights
 
 
+def fpgm_scores(weight: Tensor) -> Tensor:
+    """FPGM score of every filter of ``weight`` ``[N, ...]``: ``sum_j |w_i - w_j|_2`` over the flattened filters.
+
+    He et al. (CVPR 2019) prune the filters nearest the geometric median of the layer, approximated (as in their
+    code) by the filter whose summed distance to the others is smallest: low = prune, so the score is a saliency.
+    The distances are the pairwise matrix's Euclidean ones, in float64 (a Gram matrix, near-duplicate pairs
+    recomputed from their difference).
+    """
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    return _metric_matrix(w, "Euclide_dis").sum(dim=1)
+
+
+def combine_scores(scores: Sequence[Tensor]) -> Tensor:
+    """One per-channel score from the scores of several layers that share their channels (float64).
+
+    One layer: its scores as they are. Several (the convs of a residual stage, coupled groups): the mean of each
+    layer's scores divided by that layer's mean, so that layers of different scale weigh the same; a layer
+    whose mean is 0 (every channel scores 0) contributes zeros.
+    """
+    scores = [s.detach().to(torch.float64) for s in scores]
+    if not scores:
+        raise ValueError("combine_scores needs at least one score tensor")
+    if len(scores) == 1:
+        return scores[0]
+    device = scores[0].device
+    total = torch.zeros_like(scores[0])
+    for s in scores:
+        mean = s.mean()
+        total += torch.where(mean != 0, s / torch.where(mean != 0, mean, 1.0), 0.0).to(device)
+    return total / len(scores)
+
+
 def _baseline_saliency(weights: list[Tensor], crit: str, seed: int, key: str) -> Tensor:
     device = weights[0].device
     n = weights[0].shape[0]
+    if crit == "fpgm":
+        return combine_scores([fpgm_scores(w.to(device)) for w in weights])
     if crit == "random":
         gen = torch.Generator().manual_seed(_group_seed(seed, key))
         return torch.rand(n, generator=gen, dtype=torch.float64).to(device)
@@ -584,13 +633,18 @@ def rank_groups(
     greedy loop is batched over all groups with the same number of filters. Baselines: ``l1`` / ``l2`` sum
     the convs' filter norms; ``random`` draws ``U(0, 1)`` from a ``torch.Generator`` seeded from ``seed`` and
     the group's key (its name, or ``"#g"`` when unnamed), so it does not depend on which other groups are
-    ranked in the same call when names are given. ``strategy`` is validated but unused for baselines.
+    ranked in the same call when names are given; ``fpgm`` combines the convs' :func:`fpgm_scores` with
+    :func:`combine_scores`. ``strategy`` is validated but unused for baselines. Data-driven criteria
+    (``DATA_CRITERIA``) need images, not only weights: they raise ValueError here.
 
     NaN or Inf in a weight raises ValueError naming the group (``names[g]``). Results are float64 tensors on
     the device of each group's first weight.
     """
     crit = canonical_criterion(criterion)
     strat = canonical_strategy(strategy)
+    if crit in DATA_CRITERIA:
+        raise ValueError(f"criterion {crit!r} is data-driven: it scores feature maps of training images, so it needs "
+                         f"batches (coring.feature_criteria; --rank_batches N > 0 on the command line)")
     groups = list(groups)
     if names is None:
         names = [None] * len(groups)

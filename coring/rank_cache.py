@@ -4,9 +4,10 @@ One cache file per model (conventionally ``<checkpoint>.ranks.pt``, see :meth:`R
 maps each (group name, criterion, strategy, seed) to a SHA-256 of the group's weights and the saliency, so the
 ranks of several criteria live side by side. Data-driven criteria (``hrank``, ``chip``, ``taylor``) also key on
 what the images give (``data=``, see ``coring.feature_criteria.data_key``: a digest of the batches, their number
-and a hash of the whole model); weight-only criteria keep the keys they always had. :meth:`RankCache.get` returns the stored saliency only if all of these match; otherwise the caller
-recomputes and :meth:`RankCache.put` replaces the entry. The file is written atomically (temporary file in the
-same directory, then ``os.replace``) and read with ``torch.load(weights_only=True)``.
+and a hash of the whole model); weight-only criteria keep the keys they always had. :meth:`RankCache.get` returns
+the stored saliency only if all of these match; otherwise the caller recomputes and :meth:`RankCache.put`
+replaces the entry. The file is written atomically (temporary file in the same directory, then ``os.replace``) and
+read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class RankCache:
         if data:
             reserved = set(key) & set(data) | ({"saliency"} & set(data))
             if reserved:
-                raise ValueError(f"data key {sorted(reserved)[0]!r} is reserved by the rank cache")
+                raise ValueError(f"data key {min(reserved)!r} is reserved by the rank cache")
             key.update(data)
         return key
 
