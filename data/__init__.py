@@ -75,6 +75,7 @@ def build_loaders(
     limit_test: int | None = None,
     num_classes: int | None = None,
     image_size: int | None = None,
+    test_only: bool = False,
 ) -> Loaders:
     """Build the train and test loaders of data set ``name``.
 
@@ -82,7 +83,8 @@ def build_loaders(
     for the others. ``limit_train``/``limit_test`` keep that many samples spread evenly over each split.
     ``num_classes`` and ``image_size`` only apply to the synthetic sets. ``workers`` only to the ImageNet path.
     Missing files raise a one-line `DataNotFoundError`; for ``imagenet`` the train side is only opened on first
-    use, so evaluation needs only ``val/``.
+    use, so evaluation needs only ``val/``. ``test_only`` reads only the test split (CIFAR-10 needs only
+    ``test_batch``) and leaves ``Loaders.train`` None.
     """
     info = dataset_info(name)
     if (num_classes is not None or image_size is not None) and name not in _SYNTHETIC:
@@ -115,12 +117,12 @@ def build_loaders(
             train, test = imagenet.build_dataset_loaders(
                 train_set.with_transform, val_set.with_transform, batch_size, **common
             )
-        return Loaders(train, test, info)
+        return Loaders(None if test_only else train, test, info)
 
     if name == "digits":
         tensors = load_digits_split()
     elif name == "cifar10":
-        tensors = load_cifar10(data_dir or DEFAULT_DATA_DIRS[name])
+        tensors = load_cifar10(data_dir or DEFAULT_DATA_DIRS[name], test_only=test_only)
     elif name == "fashion_mnist":
         tensors = load_fashion_mnist(data_dir or DEFAULT_DATA_DIRS[name])
     else:
@@ -129,7 +131,8 @@ def build_loaders(
     train_x, train_y = _limit(tensors[0], tensors[1], limit_train)
     test_x, test_y = _limit(tensors[2], tensors[3], limit_test)
     common = dict(device=device, mean=info.mean, std=info.std, seed=seed, rank=rank, world_size=world_size)
-    train = DeviceTensorLoader(train_x, train_y, batch_size, shuffle=True, augment=train_augment, **common)
+    train = None if test_only else DeviceTensorLoader(train_x, train_y, batch_size, shuffle=True,
+                                                      augment=train_augment, **common)
     test = DeviceTensorLoader(test_x, test_y, eval_batch_size, shuffle=False, augment=False, **common)
     return Loaders(train, test, info)
 

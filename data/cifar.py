@@ -50,12 +50,16 @@ def _not_found(data_dir: str | Path, detail: str = "") -> DataNotFoundError:
     )
 
 
-def find_cifar10_dir(data_dir: str | Path) -> Path:
-    """The folder holding the batch files, or a one-line ``DataNotFoundError`` saying what to put where."""
+def find_cifar10_dir(data_dir: str | Path, *, test_only: bool = False) -> Path:
+    """The folder holding the batch files, or a one-line ``DataNotFoundError`` saying what to put where.
+
+    ``test_only``: only ``test_batch`` is required (evaluation needs no training batches).
+    """
     root = Path(data_dir)
+    required = (CIFAR10_TEST_FILE,) if test_only else (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
     for candidate in (root / CIFAR10_FOLDER, root):
         if (candidate / CIFAR10_TEST_FILE).is_file() or (candidate / CIFAR10_TRAIN_FILES[0]).is_file():
-            missing = [f for f in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE) if not (candidate / f).is_file()]
+            missing = [f for f in required if not (candidate / f).is_file()]
             if missing:
                 raise _not_found(data_dir, f" (missing {', '.join(missing)} in '{candidate}')")
             return candidate
@@ -82,10 +86,15 @@ def read_cifar_batch(path: str | Path) -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(labels)
 
 
-def load_cifar10(data_dir: str | Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Return ``(train_images, train_labels, test_images, test_labels)`` (50000 / 10000 images for the real set)."""
-    folder = find_cifar10_dir(data_dir)
-    train = [read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
+def load_cifar10(data_dir: str | Path, *, test_only: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Return ``(train_images, train_labels, test_images, test_labels)`` (50000 / 10000 images for the real set).
+
+    ``test_only``: read only ``test_batch``; the training tensors come back empty (0 images).
+    """
+    folder = find_cifar10_dir(data_dir, test_only=test_only)
+    names = () if test_only else CIFAR10_TRAIN_FILES
+    train = [read_cifar_batch(folder / name) for name in names] or [
+        (torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.int64))]
     test_x, test_y = read_cifar_batch(folder / CIFAR10_TEST_FILE)
     train_x = torch.cat([x for x, _ in train])
     train_y = torch.cat([y for _, y in train])

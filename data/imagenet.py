@@ -197,6 +197,33 @@ class LazyLoader:
         return getattr(self.loader, name)
 
 
+class CorruptImageError(ValueError):
+    """An image of an ImageFolder that cannot be decoded: one line naming the file."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker re-raises this with its whole traceback as the message; keep only our line.
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        marker = f"{type(self).__name__}: "
+        super().__init__(last.split(marker, 1)[1] if marker in last else last)
+
+
+def checked_image_loader(path: str) -> Any:
+    """torchvision's default image loader; a file it cannot decode is a `CorruptImageError` naming it.
+
+    A corrupt image stops the run (rather than being skipped): an evaluation over fewer images than the split
+    holds would report an accuracy that is not the split's.
+    """
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBombError, ...
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        raise CorruptImageError(f"cannot read image '{path}' ({detail}); remove or replace that file") from None
+
+
 def _not_found(data_dir: str | Path, detail: str) -> DataNotFoundError:
     return DataNotFoundError(
         f"ImageNet not found in '{data_dir}'{detail}: put the ILSVRC-2012 images there as ImageFolders "
@@ -205,14 +232,17 @@ def _not_found(data_dir: str | Path, detail: str) -> DataNotFoundError:
 
 
 def image_folder(data_dir: str | Path, split: str, transform: Callable | None) -> Dataset:
-    """``ImageFolder(<data_dir>/<split>)``, with a one-line ``DataNotFoundError`` when it is missing or empty."""
+    """``ImageFolder(<data_dir>/<split>)``, with a one-line ``DataNotFoundError`` when it is missing or empty.
+
+    Images are read by `checked_image_loader`: a corrupt file is a one-line `CorruptImageError` naming it.
+    """
     from torchvision.datasets import ImageFolder
 
     root = Path(data_dir) / split
     if not root.is_dir():
         raise _not_found(data_dir, f" (no '{split}/' folder)")
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=checked_image_loader)
     except FileNotFoundError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else "empty"
         raise _not_found(data_dir, f" ('{split}/' has no class folders with images: {detail})") from None

@@ -68,3 +68,24 @@ def test_any_string_parses_or_raises_compress_rate_error(text):
     except CompressRateError:
         return
     assert all(0.0 <= r < 1.0 for r in result)
+
+
+@given(st.text())
+def test_arbitrary_text_parses_or_raises_only_compress_rate_error(text):
+    try:
+        result = parse_compress_rate(text)
+    except CompressRateError as error:
+        assert "\n" not in str(error)
+        return
+    assert result and all(0.0 <= r < 1.0 for r in result)
+
+
+@given(st.lists(st.tuples(st.text(alphabet="0123456789.", min_size=1, max_size=12),
+                          st.integers(min_value=0, max_value=10**30)), min_size=1, max_size=4))
+def test_any_repeat_count_parses_or_raises_only_compress_rate_error(terms):
+    text = "+".join(f"[{value}]*{count}" for value, count in terms)
+    try:
+        result = parse_compress_rate(text)
+    except CompressRateError:
+        return
+    assert len(result) == sum(count for _, count in terms)

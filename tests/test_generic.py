@@ -118,7 +118,7 @@ def test_user_module_prunes_to_a_flop_target_saves_and_reloads(user_file, tmp_pa
     path = tmp_path / "pruned.pth.tar"
     save_generic(path, pruned.eval(), record, {"source": spec, "num_classes": 10})
     checkpoint = torch.load(path, weights_only=True)
-    rebuilt = rebuild_from_checkpoint(checkpoint).eval()
+    rebuilt = rebuild_from_checkpoint(checkpoint, spec).eval()  # a user module is rebuilt only from --model
     with torch.no_grad():
         assert torch.equal(rebuilt(x), pruned(x))
     assert count_ops(rebuilt, x[:1]) == (record["flops_after"], record["params_after"])
@@ -221,15 +221,17 @@ def test_cli_prunes_then_finetune_and_test_rebuild_the_checkpoint(user_file, tmp
     ckpt = job / "pruned.pth.tar"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["generic"]["source"].endswith("tiny_net.py:TinyNet") and saved["arch"] == "generic_TinyNet"
-    assert test_cli.main(["--model_path", str(ckpt), "--dataset", "digits", "--device", "cpu", "--limit_test", "64",
+    assert test_cli.main(["--model_path", str(ckpt), "--model", f"{user_file}:TinyNet", "--dataset", "digits",
+                          "--device", "cpu", "--limit_test", "64",
                           "--job_dir", str(tmp_path / "test"), "--no_progress"]) == 0
     summary = finetune.run_finetune(finetune.make_args(
-        pretrained=str(ckpt), dataset="digits", epochs=1, batch_size=64, job_dir=str(tmp_path / "ft"),
-        device="cpu", limit_train=128, limit_test=64, progress=False, lr_type="cos", warmup_epochs=0))
+        pretrained=str(ckpt), model=f"{user_file}:TinyNet", dataset="digits", epochs=1, batch_size=64,
+        job_dir=str(tmp_path / "ft"), device="cpu", limit_train=128, limit_test=64, progress=False, lr_type="cos", warmup_epochs=0))
     assert summary["final_top1"] is not None
     resumed = torch.load(tmp_path / "ft" / "model_best.pth.tar", weights_only=True)
     assert resumed["generic"] == saved["generic"]  # fine-tuned checkpoints rebuild too
-    assert test_cli.main(["--model_path", str(tmp_path / "ft" / "model_best.pth.tar"), "--dataset", "digits",
+    assert test_cli.main(["--model_path", str(tmp_path / "ft" / "model_best.pth.tar"), "--model",
+                          f"{user_file}:TinyNet", "--dataset", "digits",
                           "--device", "cpu", "--limit_test", "64", "--job_dir", str(tmp_path / "test2"),
                           "--no_progress"]) == 0
 
