@@ -1,0 +1,170 @@
+"""The criteria study: its statistics on known data, and a tiny study end to end (files, resume, errors)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench import criteria_study
+from coring.study import (
+    BN_ADAPTED,
+    TRANSFERRED,
+    bootstrap_mean_ci,
+    mean_std,
+    plot_study,
+    render_markdown,
+    stage_names,
+    stage_ranks,
+    summarise,
+)
+
+# -- statistics on known data -------------------------------------------------------------------------------------
+
+
+def test_mean_and_sample_std_of_known_values():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_std([])
+
+
+def test_bootstrap_of_two_values_spans_both():
+    # the resampled means are 0, 0.5 and 1 with probabilities 1/4, 1/2, 1/4: the 2.5 % and 97.5 % quantiles are 0, 1
+    assert bootstrap_mean_ci([0.0, 1.0], resamples=20_000) == (0.0, 1.0)
+
+
+def test_bootstrap_of_constant_differences_is_that_constant():
+    assert bootstrap_mean_ci([2.5, 2.5, 2.5]) == (2.5, 2.5)
+
+
+def test_bootstrap_of_a_large_sample_matches_the_normal_interval():
+    values = np.random.default_rng(1).normal(3.0, 2.0, size=400)
+    low, high = bootstrap_mean_ci(values, resamples=4000)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - half, abs=0.1 * half)
+    assert high == pytest.approx(values.mean() + half, abs=0.1 * half)
+
+
+def test_bootstrap_is_reproducible_for_a_seed_and_checks_its_arguments():
+    values = np.random.default_rng(0).normal(size=20)
+    assert bootstrap_mean_ci(values, seed=4) == bootstrap_mean_ci(values, seed=4)
+    assert bootstrap_mean_ci(values, seed=4) != bootstrap_mean_ci(values, seed=5)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_mean_ci(values, level=1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        bootstrap_mean_ci([])
+
+
+def _runs() -> list[dict]:
+    """random varies a lot between seeds; 'good' is exactly 2 points above it on every seed; scratch has epochs only."""
+    runs = []
+    for seed, base in enumerate([10.0, 40.0, 70.0]):
+        runs.append({"seed": seed, "criterion": "random", "top1": {TRANSFERRED: base, BN_ADAPTED: base, "epoch_1": base}})
+        runs.append({"seed": seed, "criterion": "good",
+                     "top1": {TRANSFERRED: base + 2, BN_ADAPTED: base + 2, "epoch_1": base + 2}})
+        runs.append({"seed": seed, "criterion": "scratch",
+                     "top1": {TRANSFERRED: None, BN_ADAPTED: None, "epoch_1": 50.0 + seed}})
+    return runs
+
+
+def test_differences_are_paired_by_seed():
+    summary = summarise(_runs(), ["good", "random", "scratch"], stage_names(1))
+    good = summary["good", "epoch_1"]
+    assert good.std == pytest.approx(30.0)  # unpaired, the seeds' spread would swamp the 2 points
+    assert (good.diff_n, good.diff_mean, good.diff_low, good.diff_high) == (3, 2.0, 2.0, 2.0)
+    assert summary["random", "epoch_1"].diff_mean is None
+    assert summary["scratch", TRANSFERRED].n == 0 and summary["scratch", TRANSFERRED].mean is None
+
+
+def test_ranks_put_the_best_mean_first_and_skip_missing_stages():
+    criteria = ["good", "random", "scratch"]
+    summary = summarise(_runs(), criteria, stage_names(1))
+    assert stage_ranks(summary, criteria, "epoch_1") == {"scratch": 1, "good": 2, "random": 3}
+    assert stage_ranks(summary, criteria, TRANSFERRED) == {"good": 1, "random": 2}
+
+
+def test_report_and_plot_of_known_runs(tmp_path):
+    text = render_markdown(_runs(), ["good", "random", "scratch"], stage_names(1),
+                           {"title": "T", "details": {"data": "D"}, "command": "python x"})
+    assert "| good | 42.00 ± 30.00 (3) |" in text
+    assert "+2.00 [+2.00, +2.00] (n=3)" in text and "`python x`" in text
+    path = plot_study(_runs(), ["good", "random", "scratch"], stage_names(1), tmp_path / "s.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- a tiny study end to end ----------------------------------------------------------------------------------------
+ARGV = ["--arch", "resnet_56", "--compress_rate", "[0.]+[0.5]*29", "--dataset", "synthetic_cifar", "--criteria",
+        "l1,random", "--seeds", "0,1", "--train_images", "64", "--test_images", "32", "--baseline_epochs", "1",
+        "--finetune_epochs", "1", "--bn_images", "32", "--batch_size", "32", "--no_progress"]
+
+
+def _study(out: Path, *extra: str) -> dict:
+    threads = torch.get_num_threads()
+    argv = [*ARGV, "--out", str(out), *extra]
+    try:
+        return criteria_study.run_study(criteria_study.build_parser().parse_args(argv), argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("study") / "out"
+    return out, _study(out)
+
+
+def test_study_writes_every_run_and_its_reports(study):
+    out, result = study
+    expected = [(s, c) for s in (0, 1) for c in ("l1", "random", "scratch")]
+    assert result["ran"] == expected and result["trained_baselines"] == [0, 1]
+    record = json.loads((out / "runs.json").read_text())
+    assert sorted((r["seed"], r["criterion"]) for r in record["runs"]) == sorted(expected)
+    for run in record["runs"]:
+        assert set(run["top1"]) == {TRANSFERRED, BN_ADAPTED, "epoch_1"} and run["seconds"] > 0
+        assert run["command"].startswith("python bench/criteria_study.py --arch resnet_56")
+        assert (run["top1"][TRANSFERRED] is None) == (run["criterion"] == "scratch")
+        assert 0.0 <= run["top1"]["epoch_1"] <= 100.0 and len(run["epochs"]) == 1
+    assert record["complexity"]["pruned_flops"] < record["complexity"]["baseline_flops"]
+    text = (out / "study.md").read_text()
+    assert "## Paired difference from `random`" in text and "| scratch |" in text
+    assert "64 training images, 32 test images" in text and "CPU thread(s)" in text
+    assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (out / "baselines").glob("*.pth.tar")) == ["seed_0.pth.tar", "seed_1.pth.tar"]
+
+
+def test_resume_redoes_only_the_deleted_run_and_reuses_baselines(study, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(study[0], out)
+    record = json.loads((out / "runs.json").read_text())
+    kept = [r for r in record["runs"] if (r["seed"], r["criterion"]) != (1, "l1")]
+    (out / "runs.json").write_text(json.dumps({**record, "runs": kept}))
+    result = _study(out)
+    assert result["ran"] == [(1, "l1")] and result["trained_baselines"] == []
+    after = json.loads((out / "runs.json").read_text())["runs"]
+    assert after[:-1] == kept and (after[-1]["seed"], after[-1]["criterion"]) == (1, "l1")
+
+
+def test_other_settings_in_the_same_directory_are_a_one_line_error(study, tmp_path, capsys, one_thread):
+    out = tmp_path / "out"
+    shutil.copytree(study[0], out)
+    status = criteria_study.main([*ARGV, "--out", str(out), "--finetune_epochs", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "finetune_epochs: 1 there, 2 now" in err[0]
+
+
+@pytest.mark.parametrize("flag, value, message", [("--seeds", "0,x", "--seeds '0,x'"),
+                                                  ("--criteria", "l1,nope", "unknown criterion 'nope'")])
+def test_bad_seeds_or_criteria_are_one_line_errors(tmp_path, capsys, one_thread, flag, value, message):
+    assert criteria_study.main([*ARGV, "--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_random_is_added_as_the_reference_and_scratch_comes_last():
+    assert criteria_study.parse_criteria("vbd,l1", scratch=True) == ["VBD_dis", "l1", "random", "scratch"]
+    assert criteria_study.parse_criteria("scratch,random,l2", scratch=False) == ["random", "l2"]
