@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedules, as per-iteration callables (upstream-coring.md 3.4).
+"""The paper's learning-rate schedules, as per-iteration callables (docs/design.md, "Training").
 
 Each schedule is a pure function of ``(epoch, iteration)``: ``schedule(epoch, it)`` sets the optimizer's
 learning rate for that iteration and returns it. That makes resuming trivial: the state is the position

@@ -1,4 +1,4 @@
-"""Data sets and loaders (spec decisions 10 and 11): one entry point, `build_loaders(name, data_dir, ...)`.
+"""Data sets and loaders (docs/design.md, "Devices, processes and threads" and "Data"): one entry point, `build_loaders(name, data_dir, ...)`.
 
 * ``digits``: scikit-learn's handwritten digits, 32x32 RGB, fixed 1437/360 split (the embedded default);
 * ``cifar10``: ``<data_dir>/cifar-10-batches-py/`` (torchvision's layout); nothing is downloaded;

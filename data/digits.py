@@ -1,4 +1,4 @@
-"""scikit-learn's handwritten digits as a small CIFAR-shaped data set (spec decision 11).
+"""scikit-learn's handwritten digits as a small CIFAR-shaped data set (docs/design.md, "Data").
 
 `sklearn.datasets.load_digits()` ships with scikit-learn (nothing is downloaded): 1797 grey 8x8 images with
 values 0..16. They are scaled to 0..255, upscaled to 32x32 (bilinear, ``align_corners=False``), replicated to three

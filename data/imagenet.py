@@ -1,6 +1,6 @@
 """ImageNet-style loaders: ``train/`` and ``val/`` ImageFolders (or an in-memory stand-in) through a DataLoader.
 
-Transforms (upstream-coring.md 3.4): train RandomResizedCrop(224) + horizontal flip + normalise; evaluation
+Transforms (docs/design.md, "Training"): train RandomResizedCrop(224) + horizontal flip + normalise; evaluation
 Resize(256) + CenterCrop(224) + normalise. They are torchvision ``transforms.v2`` objects, so the same pipeline
 takes PIL images (folders) and uint8 tensors (``synthetic_imagenet``).
 

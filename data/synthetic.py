@@ -1,4 +1,4 @@
-"""Synthetic data sets of a fixed seed, for tests and dry runs (spec decision 11).
+"""Synthetic data sets of a fixed seed, for tests and dry runs (docs/design.md, "Data").
 
 * ``synthetic_cifar``: 32x32 RGB uint8 tensors in 10 classes (or any count). Each class has a smooth random
   colour template and every image is that template plus uniform noise, so a network can learn it: end-to-end
