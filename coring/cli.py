@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from coring.threads import parse_threads
 
-__all__ = ["Parser", "BooleanFlag", "positive_float", "fraction", "positive_int", "nonnegative_int", "threads"]
+__all__ = ["Parser", "BooleanFlag", "positive_float", "fraction", "positive_int", "nonnegative_int", "nonnegative_float", "target_fraction", "threads"]
 
 SPELLING_NOTE = "Every --flag_name is also accepted as --flag-name, and every boolean --x has its --no_x."
 
@@ -135,6 +135,22 @@ def fraction(text: str) -> float:
     value = _number(text, float, "a number")
     if not (math.isfinite(value) and 0.0 <= value < 1.0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1)")
+    return value
+
+
+def target_fraction(text: str) -> float:
+    """A float in (0, 1) (FLOPs and params targets: the fraction to remove)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1)")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite float >= 0 (momentum, weight decay)."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
     return value
 
 

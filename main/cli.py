@@ -6,13 +6,12 @@ commands run unchanged; aliases keep the older spellings working.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from coring.checkpoint import CheckpointError
-from coring.cli import Parser, fraction, nonnegative_int, positive_float, positive_int, threads
+from coring.cli import Parser, fraction, nonnegative_float, nonnegative_int, positive_float, positive_int, threads
 from coring.rank import canonical_criterion, canonical_strategy
 from data import DATASETS, DataNotFoundError
 from models import list_models
@@ -76,17 +75,6 @@ def strategy_name(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite float >= 0 (momentum, weight decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
-    return value
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str = "cifar10",

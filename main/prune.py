@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Sequence
 
-from coring.cli import Parser, positive_float
+from coring.cli import Parser, nonnegative_int, positive_float, target_fraction
 from coring.planning import format_plan
 from coring.prune_run import make_engine, run_prune
 from coring.pruning import PruneResult, prune, prune_model, shot_rates  # noqa: F401  (public interface)
@@ -35,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint of the trained network to prune")
     group.add_argument("--dry_run", action="store_true", help="print the plan (widths, params, FLOPs) and exit")
     group.add_argument("--json", action="store_true", help="with --dry_run: print one JSON object")
-    group.add_argument("--bn_recalib", type=int, default=512,
+    group.add_argument("--bn_recalib", type=nonnegative_int, default=512,
                        help="training images used to re-estimate BatchNorm statistics for the adaptive-BN accuracy")
-    group.add_argument("--calib_epochs", type=int, default=100,
+    group.add_argument("--calib_epochs", type=nonnegative_int, default=100,
                        help="K-shot: calibration epochs in all, ceil(calib/K) after each shot (0 when K == 1)")
     group.add_argument("--calib_lr", type=positive_float, default=0.01, help="K-shot: calibration learning rate")
-    group.add_argument("--calib_weight_decay", type=float, default=5e-3, help="K-shot: calibration weight decay")
+    group.add_argument("--calib_weight_decay", type=cli.nonnegative_float, default=5e-3, help="K-shot: calibration weight decay")
     group.add_argument("--rank_cache", action=argparse.BooleanOptionalAction, default=True,
                        help="save ranks beside the checkpoint (<ckpt>.ranks.pt) and reuse them")
     group.add_argument("--rank_seed", type=int, default=0, help="seed of the 'random' criterion")
@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Generic models (torchvision / user modules) through Torch-Pruning.
     group.add_argument("--model", default=None,
                        help=f"prune {cli.USER_MODEL_HELP} (instead of --arch)")
-    group.add_argument("--flops_target", type=float, default=None,
+    group.add_argument("--flops_target", type=target_fraction, default=None,
                        help="fraction of FLOPs to remove (e.g. 0.5), instead of --compress_rate: with --model the "
                             "channel fraction of every group, with --arch the uniform rate, found by search")
-    group.add_argument("--params_target", type=float, default=None,
+    group.add_argument("--params_target", type=target_fraction, default=None,
                        help="fraction of parameters to remove, instead of --compress_rate (as --flops_target)")
     return parser
 

@@ -35,9 +35,15 @@ from models.registry import check_compress_rate
 __all__ = ["run_quickstart", "main"]
 
 
+#: The 10-class, 32x32 sets the quick start runs on without a download.
+QUICKSTART_DATASETS = ("digits", "fashion_mnist", "synthetic_cifar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet_56", choices=list_models())
+    parser.add_argument("--dataset", default="digits", choices=QUICKSTART_DATASETS,
+                        help="'digits' ships with scikit-learn; 'fashion_mnist' needs Debian's dataset-fashion-mnist")
     parser.add_argument("--compress_rate", type=cli.compress_rate_text, default="[0.]+[0.15]*2+[0.4]*27",
                         help="the paper's CORING-V-5 ResNet-56 row (-47%% FLOPs)")
     parser.add_argument("--criterion", type=cli.criterion_name, default="VBD_dis")
@@ -56,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(job_dir: Path, epochs: int, lr: float, args: argparse.Namespace, **extra) -> dict:
-    run_args = make_args(dataset="digits", epochs=epochs, lr=lr, lr_type="cos", warmup_epochs=epochs // 10,
+    run_args = make_args(dataset=args.dataset, epochs=epochs, lr=lr, lr_type="cos", warmup_epochs=epochs // 10,
                          weight_decay=5e-4, batch_size=args.batch_size, job_dir=str(job_dir), device=args.device,
-                         limit_train=args.limit_train, initial_eval=False, **extra)
+                         limit_train=args.limit_train, initial_eval=False, restart=True, **extra)
     return run_finetune(run_args)
 
 
@@ -71,15 +77,15 @@ def validate(args: argparse.Namespace) -> None:
 def run_quickstart(args: argparse.Namespace) -> dict:
     validate(args)
     job = Path(args.job_dir)
-    print(f"[1/4] training the {args.arch} baseline on digits for {args.baseline_epochs} epochs")
+    print(f"[1/4] training the {args.arch} baseline on {args.dataset} for {args.baseline_epochs} epochs")
     _train(job / "baseline", args.baseline_epochs, 0.05, args, arch=args.arch)
     baseline_ckpt = job / "baseline" / "model_best.pth.tar"
 
     print(f"[2/4] pruning with CORING ({args.criterion}, {args.strategy}) to {args.compress_rate}")
     prune_argv = ["--arch", args.arch, "--compress_rate", args.compress_rate, "--pretrain_dir", str(baseline_ckpt),
-                  "--criterion", args.criterion, "--strategy", args.strategy, "--dataset", "digits",
+                  "--criterion", args.criterion, "--strategy", args.strategy, "--dataset", args.dataset,
                   "--job_dir", str(job / "pruned"), "--device", args.device, "--batch_size", str(args.batch_size),
-                  "--bn_recalib", "512", "--no-rank_cache"]
+                  "--bn_recalib", "512", "--no-rank_cache", "--restart"]
     pruned = run_prune(prune_entry.build_parser().parse_args(prune_argv))
 
     print(f"[3/4] fine-tuning the slim model for {args.finetune_epochs} epochs")
@@ -89,7 +95,7 @@ def run_quickstart(args: argparse.Namespace) -> dict:
     results, models = {}, {}
     for name, ckpt in (("baseline", baseline_ckpt), ("pruned", job / "finetune" / "model_best.pth.tar")):
         test_args = test_entry.build_parser().parse_args(
-            ["--dataset", "digits", "--model_path", str(ckpt), "--job_dir", str(job), "--device", args.device,
+            ["--dataset", args.dataset, "--model_path", str(ckpt), "--job_dir", str(job), "--device", args.device,
              "--no_progress"])
         results[name] = test_entry.run_test(test_args)
         checkpoint = load_checkpoint(ckpt)
@@ -98,7 +104,7 @@ def run_quickstart(args: argparse.Namespace) -> dict:
     timing = {"latency": compare_latency(models, 32, batch_size=1, repeats=args.latency_repeats),
               "throughput": compare_latency(models, 32, batch_size=64, repeats=max(3, args.latency_repeats // 6))}
 
-    table = _table(results, pruned, timing, args.arch)
+    table = _table(results, pruned, timing, args.arch, args.dataset)
     print("\n" + table)
     (job / "quickstart.md").write_text(table + "\n")
     timings = {kind: t.as_dict() for kind, t in timing.items()}
@@ -132,7 +138,7 @@ def _timing_rows(timing: dict[str, LatencyComparison]) -> list[tuple[str, str, s
     ]
 
 
-def _table(results: dict, pruned: dict, timing: dict[str, LatencyComparison], arch: str) -> str:
+def _table(results: dict, pruned: dict, timing: dict[str, LatencyComparison], arch: str, dataset: str) -> str:
     base, slim = results["baseline"], results["pruned"]
     rows = [
         ("Params", f"{base['params'] / 1e6:.3f} M",
@@ -148,7 +154,7 @@ def _table(results: dict, pruned: dict, timing: dict[str, LatencyComparison], ar
     lat = timing["latency"]
     lines = ["| | baseline | CORING-pruned |", "|---|---|---|"]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
-    lines += ["", f"(digits test split, {slim['count']} images; FLOPs = min(thop, ptflops) at 32x32.)", "",
+    lines += ["", f"({dataset} test split, {slim['count']} images; FLOPs = min(thop, ptflops) at 32x32.)", "",
               _after_pruning_note(arch), "",
               f"Timing: medians of {lat.repeats} (batch 1) and {timing['throughput'].repeats} (batch 64) calls with "
               "the two models interleaved, interquartile range in brackets; the speed-up is the median of the "

@@ -73,3 +73,10 @@ def test_threads_auto_uses_idle_cores_and_a_number_is_taken_as_is(monkeypatch):
 def test_bad_thread_counts_name_the_value(bad):
     with pytest.raises(ValueError, match=repr(bad)):
         parse_threads(bad)
+
+
+def test_quickstart_runs_on_fashion_mnist_too_but_not_on_sets_that_need_a_download(capsys):
+    assert quickstart.build_parser().parse_args(["--dataset", "fashion_mnist"]).dataset == "fashion_mnist"
+    with pytest.raises(SystemExit):
+        quickstart.build_parser().parse_args(["--dataset", "cifar10"])
+    assert "invalid choice: 'cifar10'" in capsys.readouterr().err

@@ -63,9 +63,9 @@ def test_quickstart_table_explains_the_accuracy_right_after_pruning_and_states_t
               "throughput": compare_latency(models, 16, batch_size=4, repeats=3, warmup=0, threads=1)}
     results = {"baseline": {"params": 2e6, "flops": 1e8, "top1": 97.0, "count": 360},
                "pruned": {"params": 1e6, "flops": 5e7, "top1": 96.0, "count": 360}}
-    table = _table(results, {"top1_pruned": 9.7, "top1_pruned_bn": 36.7}, timing, "resnet_56")
+    table = _table(results, {"top1_pruned": 9.7, "top1_pruned_bn": 36.7}, timing, "resnet_56", "digits")
     assert "stale" in table and "option-A shortcuts" in table and "by position" in table
     latency_row = next(line for line in table.splitlines() if line.startswith("| CPU latency"))
     assert "(1 thread)" in latency_row and "speed-up" in latency_row and latency_row.count("(") >= 4
     assert "interleaved" in table and "median of the per-round ratios" in table
-    assert "option-A" not in _table(results, {"top1_pruned": 9.7, "top1_pruned_bn": 36.7}, timing, "vgg_16_bn")
+    assert "option-A" not in _table(results, {"top1_pruned": 9.7, "top1_pruned_bn": 36.7}, timing, "vgg_16_bn", "digits")

@@ -147,3 +147,15 @@ def test_generic_engine_keeps_the_builtin_engines_filters(arch, rate, size):
             assert record["kept"][conv] == builtin.keep[group.name].tolist(), (group.name, conv)
     with torch.no_grad():
         torch.testing.assert_close(slim(x), builtin.model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flag, value", [("--bn_recalib", "-1"), ("--calib_epochs", "x"),
+                                         ("--calib_weight_decay", "nan"), ("--calib_lr", "0"),
+                                         ("--flops_target", "1.5"), ("--params_target", "0"), ("--shot", "0"),
+                                         ("--rank_batches", "-2")])
+def test_pruning_numbers_are_checked_when_the_command_line_is_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prune_entry.build_parser().parse_args(["--arch", "resnet_56", "--dry_run", flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and flag in err and repr(value) in err
