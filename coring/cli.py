@@ -12,12 +12,12 @@ import argparse
 import math
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from coring.threads import parse_threads
 
-__all__ = ["Parser", "BooleanFlag", "positive_float", "fraction", "positive_int", "nonnegative_int", "nonnegative_float", "target_fraction", "threads"]
+__all__ = ["Parser", "BooleanFlag", "positive_float", "fraction", "positive_int", "nonnegative_int", "nonnegative_float", "target_fraction", "threads", "argument_type"]
 
 SPELLING_NOTE = "Every --flag_name is also accepted as --flag-name, and every boolean --x has its --no_x."
 
@@ -170,9 +170,22 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def threads(text: str) -> int | str:
-    """``--threads``: 'auto' or a whole number >= 1."""
-    try:
-        return parse_threads(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("--threads ")) from None
+def argument_type(check: Callable[[str], Any], *, returns_text: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type=`` made from a library check: its ValueError becomes argparse's one-line error.
+
+    The converter returns what ``check`` returns, or the text as given with ``returns_text``.
+    """
+
+    def convert(text: str) -> Any:
+        try:
+            value = check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text if returns_text else value
+
+    convert.__name__ = getattr(check, "__name__", "value")
+    return convert
+
+
+#: ``--threads``: 'auto' or a whole number >= 1.
+threads = argument_type(parse_threads)

@@ -39,7 +39,7 @@ def parse_threads(text: str | int) -> int | str:
             return value
     elif str(text).strip() == "auto":
         return "auto"
-    raise ValueError(f"--threads {text!r} is not valid; expected 'auto' or a whole number >= 1")
+    raise ValueError(f"{text!r} is not a thread count; expected 'auto' or a whole number >= 1")
 
 
 def configure_threads(value: int | str = "auto") -> int:

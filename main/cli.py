@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coring.checkpoint import CheckpointError
-from coring.cli import Parser, fraction, nonnegative_float, nonnegative_int, positive_float, positive_int, threads
+from coring.cli import (
+    Parser,
+    argument_type,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    threads,
+)
 from coring.rank import canonical_criterion, canonical_strategy
 from data import DATASETS, DataNotFoundError
 from models import list_models
-from models.compress import CompressRateError, parse_compress_rate
+from models.compress import parse_compress_rate
 
 __all__ = [
     "add_model_args", "add_data_args", "add_device_args", "add_rank_args", "add_optim_args",
@@ -50,31 +59,12 @@ def add_model_args(parser: argparse.ArgumentParser, *, require_arch: bool = True
     return group
 
 
-def compress_rate_text(text: str) -> str:
-    """``--compress_rate``: a string in the paper's grammar (checked here, returned as given)."""
-    try:
-        parse_compress_rate(text)
-    except CompressRateError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def criterion_name(text: str) -> str:
-    """``--criterion``: a name ``coring.rank.canonical_criterion`` knows (returned as given)."""
-    try:
-        canonical_criterion(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def strategy_name(text: str) -> str:
-    """``--strategy``: a name ``coring.rank.canonical_strategy`` knows (returned as given)."""
-    try:
-        canonical_strategy(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+#: ``--compress_rate``: a string in the paper's grammar (checked here, kept as given).
+compress_rate_text = argument_type(parse_compress_rate, returns_text=True)
+#: ``--criterion``: a name ``coring.rank.canonical_criterion`` knows (kept as given).
+criterion_name = argument_type(canonical_criterion, returns_text=True)
+#: ``--strategy``: a name ``coring.rank.canonical_strategy`` knows (kept as given).
+strategy_name = argument_type(canonical_strategy, returns_text=True)
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, default_dataset: str = "cifar10",
