@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from coring.feature_criteria import Batch, check_batches, feature_scores
 from coring.rank import canonical_criterion, canonical_strategy, combine_scores, is_data_driven, rank_groups
+from coring.rank_cache import RankCache
 
 __all__ = ["CoringImportance", "is_depthwise", "ranks_from_saliency", "scored_layers"]
 
@@ -120,10 +121,13 @@ class CoringImportance(tp.importance.Importance):
     or the data-driven ``hrank``, ``chip``, ``taylor``, which need ``batches``); ``strategy``: ``min_sum``,
     ``min_min`` or ``sum``; ``seed`` seeds ``random`` per group (keyed by the root layer's name).
     ``saliency`` keeps the last raw saliency computed for each root layer name (for inspection and tests).
+    ``cache``: a ``coring.rank_cache.RankCache`` that answers weight-based ranks it holds (keyed by the group's root
+    layer name and its filters) and stores the others; data-driven scores are not cached on this path.
     """
 
     def __init__(self, criterion: str = "VBD_dis", strategy: str = "min_sum", *, seed: int = 0,
-                 batches: Iterable[Batch] | None = None) -> None:
+                 batches: Iterable[Batch] | None = None, cache: RankCache | None = None) -> None:
+        self.cache = cache
         self.criterion = canonical_criterion(criterion)
         self.strategy = canonical_strategy(strategy)
         self.seed = seed
@@ -146,7 +150,11 @@ class CoringImportance(tp.importance.Importance):
             saliency = combine_scores(scores) if scores else None
         elif items:
             weights = [filters[rows.to(filters.device)] for _, _, filters, rows in items]
-            saliency = rank_groups([weights], self.criterion, self.strategy, seed=self.seed, names=[root_name])[0]
+            if self.cache is not None:
+                saliency = self.cache.rank_groups([weights], [root_name], self.criterion, self.strategy,
+                                                  seed=self.seed)[0]
+            else:
+                saliency = rank_groups([weights], self.criterion, self.strategy, seed=self.seed, names=[root_name])[0]
         else:
             saliency = None
         if saliency is None:

@@ -253,7 +253,7 @@ class GenericEngine(Engine):
         goal = overall / (shots - shot)
         step = 1.0 - (1.0 - goal) / (1.0 - done)
         slim, record = prune_generic(model, self._example(model), criterion=self.criterion, strategy=self.strategy,
-                                     channel_ratio=step, seed=self.args.rank_seed, batches=batches)
+                                     channel_ratio=step, seed=self.args.rank_seed, batches=batches, cache=cache)
         self.records.append(record)
         return slim, self._composed_record()["kept"]
 

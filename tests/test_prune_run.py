@@ -159,3 +159,23 @@ def test_pruning_numbers_are_checked_when_the_command_line_is_parsed(flag, value
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and flag in err and repr(value) in err
+
+
+def test_generic_engine_reuses_the_rank_cache_like_the_builtin_one(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth.tar"
+    model = __import__("torchvision").models.resnet18(num_classes=10)
+    torch.save({"state_dict": model.state_dict()}, weights)
+    common = ("--model", "torchvision:resnet18", "--compress_rate", "0.3", "--pretrain_dir", str(weights),
+              "--limit_train", "16", "--batch_size", "16")
+    run_prune(_args(tmp_path, *common))
+    assert (tmp_path / "r18.pth.tar.ranks.pt").exists()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("ranked again although the cache holds these ranks")
+
+    monkeypatch.setattr("coring.rank_cache.rank_groups", fail)
+    monkeypatch.setattr("coring.coring_importance.rank_groups", fail)
+    first = load_checkpoint(tmp_path / "job" / "pruned.pth.tar")["keep"]
+    run_prune(_args(tmp_path, *common, "--restart"))
+    assert load_checkpoint(tmp_path / "job" / "pruned.pth.tar")["keep"] == first

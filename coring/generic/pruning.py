@@ -15,6 +15,7 @@ from coring.checkpoint import first_line
 from coring.coring_importance import CoringImportance, is_depthwise
 from coring.feature_criteria import Batch
 from coring.generic.common import _FORMAT, _ROOT_TYPES, GenericModelError, tp_version
+from coring.rank_cache import RankCache
 
 __all__ = ['check_forward', 'count_ops', 'output_layers', 'prune_generic']
 
@@ -233,10 +234,11 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
                   channel_ratio: float | Mapping[str, float] | None = None,
                   ignored_layers: Sequence[nn.Module | str] | None = None, iterative_steps: int = 1, seed: int = 0,
                   search_resolution: float = 0.01, max_ratio: float = 0.9,
-                  batches: Sequence[Batch] | None = None) -> tuple[nn.Module, dict]:
+                  batches: Sequence[Batch] | None = None, cache: RankCache | None = None) -> tuple[nn.Module, dict]:
     """Prune a copy of ``model`` with CORING to a target; returns ``(pruned_model, record)``.
 
-    ``batches`` of ``(images, labels)`` feed the data-driven criteria (``hrank``, ``chip``, ``taylor``).
+    ``batches`` of ``(images, labels)`` feed the data-driven criteria (``hrank``, ``chip``, ``taylor``); ``cache``
+    (a ``RankCache``) answers and stores the weight-based ranks of every group.
 
     Exactly one of: ``flops_target`` / ``params_target`` (fraction of MACs / parameters to remove, counted by
     :func:`count_ops` on ``example_inputs``), ``channel_ratio`` (fraction of channels removed from every
@@ -255,7 +257,7 @@ def prune_generic(model: nn.Module, example_inputs: Tensor, *, criterion: str = 
             raise GenericModelError(f"{what} must be a fraction in (0, 1), got {value}")
     if iterative_steps < 1:
         raise GenericModelError(f"iterative_steps must be >= 1, got {iterative_steps}")
-    importance = CoringImportance(criterion, strategy, seed=seed, batches=batches)  # validates the names first
+    importance = CoringImportance(criterion, strategy, seed=seed, batches=batches, cache=cache)  # validates names
     was_training = model.training
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
