@@ -38,7 +38,7 @@ RATE = "[0.]+[0.5]*3+[0.6]*16"
 SMALL = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 50,
          "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16, "box_detections_per_img": 4}
 SMALL_ARGS = ["--min-size", "128", "--max-size", "160", "--box-score-thresh", "0", "--model-kwargs",
-              json.dumps(SMALL), "-j", "0", "-b", "2", "--print-freq", "1", "--device", "cpu"]
+              json.dumps(SMALL), "-j", "0", "-b", "2", "--print-freq", "1", "--device", "cpu", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +184,19 @@ def test_detector_trains_and_evaluates_on_tiny_coco(tiny: Path, backbone_ckpt: P
     assert set(out["stats"]) == expected
     assert all(0.0 <= v["AP"] <= 1.0 for v in out["stats"].values())
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pth")
-    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "args", "epoch"} and checkpoint["epoch"] == 0
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "args", "epoch", "best"}
+    assert checkpoint["epoch"] == 0 and checkpoint["best"]["epoch"] == 0
     assert checkpoint["args"].lr_steps == ([36, 43] if model == "keypointrcnn" else [16, 22])
+    best = load_checkpoint(tmp_path / "model_best.pth")
+    assert set(best) == {"model", "args", "epoch", "stats"}  # weights and scores, no optimizer state
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and "bbox_AP" in rows[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metric = {"fasterrcnn": "bbox_AP", "maskrcnn": "segm_AP", "keypointrcnn": "keypoints_AP"}[model]
+    assert summary["primary_metric"] == metric and summary["best_epoch"] == 0
+    assert summary["final_stats"] == out["stats"] and set(summary["files_bytes"]) == {
+        "checkpoint.pth", "model_best.pth", "metrics.csv", "curves.png"}
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -203,13 +212,15 @@ def test_resume_continues_from_the_next_epoch(tiny: Path, tmp_path: Path) -> Non
     assert first["lr_scheduler"]["last_epoch"] == 1 and second["lr_scheduler"]["last_epoch"] == 2
     assert second["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * 0.1)
     assert [r.split(",")[0] for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
-    assert (tmp_path / "model_0.pth").is_file() and (tmp_path / "model_1.pth").is_file()
-    evaluated = det_train.run_training([*common, "--test-only", "--weights", str(tmp_path / "model_1.pth")])
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint.pth", "model_best.pth"]  # last and best
+    assert out["best"]["epoch"] in (0, 1) and load_checkpoint(tmp_path / "model_best.pth")["epoch"] == out["best"][
+        "epoch"]
+    evaluated = det_train.run_training([*common, "--test-only", "--weights", str(tmp_path / "checkpoint.pth")])
     assert set(evaluated["stats"]) == {"bbox"}
 
     slim_dir = tmp_path / "fpn_pruned"
     pruned = det_train.run_training([*common, "--output-dir", str(slim_dir), "--epochs", "1", "--fpn-rate", "0.5",
-                                     "--prune-from", str(tmp_path / "model_1.pth")])
+                                     "--prune-from", str(tmp_path / "checkpoint.pth")])
     assert set(pruned["stats"]) == {"bbox"}
     slim_state = load_checkpoint(slim_dir / "checkpoint.pth")["model"]
     assert slim_state["backbone.fpn.layer_blocks.0.0.weight"].shape == (128, 128, 3, 3)
@@ -228,7 +239,7 @@ def test_visualize_writes_a_side_by_side_image(tiny: Path, tmp_path: Path) -> No
     assert visualize_main(["--image", str(source), "--compress_rate", RATE, "--fpn-rate", "0.5", "--out", str(out),
                            "--score-thresh", "0", *small]) == 0
     with Image.open(source) as original, Image.open(out) as drawn:
-        assert drawn.width == 2 * original.width + 4 and drawn.height == original.height
+        assert drawn.width == 2 * original.width + 4 and drawn.height > original.height  # banner strip above
     frames = tmp_path / "frames.gif"
     assert visualize_main(["--video", str(tiny / "val2017"), "--max-frames", "2", "--compress_rate", RATE, "--out",
                            str(frames), *small]) == 0
@@ -298,13 +309,13 @@ def test_torchrun_two_cpu_processes_train_and_score_like_one(tiny: Path, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert sorted(p.name for p in job.glob("*.pth")) == ["checkpoint.pth", "model_0.pth"]
+    assert sorted(p.name for p in job.glob("*.pth")) == ["checkpoint.pth", "model_best.pth"]
     rows = (job / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2
     header, values = rows[0].split(","), rows[1].split(",")
     distributed_ap = float(values[header.index("bbox_AP")])
     single = det_train.run_training([*args, "--output-dir", str(tmp_path / "single"), "--test-only",
-                                     "--weights", str(job / "model_0.pth")])
+                                     "--weights", str(job / "model_best.pth")])
     assert single["stats"]["bbox"]["AP"] == pytest.approx(distributed_ap, abs=1e-9)
 
     def scored(run_dir: Path) -> list[str]:
@@ -313,3 +324,65 @@ def test_torchrun_two_cpu_processes_train_and_score_like_one(tiny: Path, tmp_pat
 
     # box_detections_per_img = 4 at score threshold 0: all 3 images' detections, each counted once
     assert scored(job) == scored(tmp_path / "single") == ["bbox (12 detections on 3 images)"]
+
+
+# ---------------------------------------------------------------------------------------------- the tiny demo
+def test_tiny_dataset_takes_the_demo_recipe_where_no_flag_was_given() -> None:
+    args = det_train.resolve_args(det_train.get_args_parser().parse_args(
+        ["--dataset", "tiny", "--epochs", "3", "--model-kwargs", '{"box_detections_per_img": 5}']))
+    assert (args.min_size, args.max_size, args.lr, args.warmup_iters, args.lr_steps, args.tiny_images) == (
+        128, 160, 0.0025, 20, [10], 16)
+    assert args.epochs == 3  # given on the command line: it wins
+    kwargs = json.loads(args.model_kwargs)
+    assert kwargs["box_detections_per_img"] == 5 and kwargs["rpn_post_nms_top_n_test"] == 50
+    coco = det_train.resolve_args(det_train.get_args_parser().parse_args([]))
+    assert (coco.min_size, coco.max_size, coco.lr, coco.warmup_iters, coco.epochs) == (800, 1333, 0.02, 1000, 26)
+    assert json.loads(coco.model_kwargs) == {}
+
+
+def test_bad_model_kwargs_are_a_one_line_error_naming_the_flag(capsys: pytest.CaptureFixture) -> None:
+    assert det_train.main(["--dataset", "tiny", "--model-kwargs", "{oops", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-kwargs '{oops' is not a JSON object" in err and err.strip().count("\n") == 0
+
+
+def test_best_epoch_and_curves_come_from_the_metrics_rows(tmp_path: Path) -> None:
+    from detection.curves import best_epoch, plot_detection_curves
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,train_loss,lr,bbox_AP,bbox_AP50\n0,3.0,0.01,0.0,0.0\n1,2.0,0.01,0.4,0.8\n"
+                       "2,1.5,0.001,0.4,0.9\n3,1.4,0.001,0.3,0.7\n")
+    from coring.run_logging import read_metrics
+
+    assert best_epoch(read_metrics(metrics), "bbox_AP") == (1, 0.4)  # the first of the tied best epochs
+    assert best_epoch(read_metrics(metrics), "segm_AP") is None
+    png = plot_detection_curves(metrics, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_detections_are_drawn_and_a_long_banner_wraps_instead_of_being_cut() -> None:
+    from PIL import Image, ImageDraw
+
+    from detection.visualize import _COLORS, banner_lines, draw_detections
+
+    image = Image.new("RGB", (120, 90), (0, 0, 0))
+    output = {"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0], [0.0, 0.0, 5.0, 5.0]]),
+              "labels": torch.tensor([1, 3]), "scores": torch.tensor([0.02, 0.01])}
+    banner = "pruned [0.]+[0.5]*3+[0.6]*16, FPN 0.5: 12.34 FPS (mean 11.90)"
+    lines = banner_lines(banner, image.width)
+    assert len(lines) > 1 and "".join(lines).replace(" ", "") == banner.replace(" ", "")  # nothing dropped
+    assert all(ImageDraw.Draw(image).textlength(line) <= image.width for line in lines)  # nothing cut off
+    drawn = draw_detections(image, output, ["bg", "person", "x", "car"], 0.015, banner, banner_height=5)
+    strip = drawn.height - image.height
+    assert strip == 5 * 12 + 4  # at least the requested lines, so side-by-side panels line up
+    assert drawn.getpixel((10, 45 + strip)) == _COLORS[0]  # the left edge of the box above the threshold
+    assert drawn.getpixel((2, 2 + strip)) == (0, 0, 0)  # the box below --score-thresh is not drawn
+
+
+def test_visualize_keeps_detections_down_to_the_score_threshold() -> None:
+    from detection.visualize import _load_model, get_args_parser
+
+    args = get_args_parser().parse_args(["--image", "x.png", "--out", "y.png", "--compress_rate", RATE,
+                                         "--score-thresh", "0"])
+    model = _load_model(args, RATE, None, torch.device("cpu"))
+    assert model.roi_heads.score_thresh == 0.0  # torchvision's default floor (0.05) would hide a random model's boxes
