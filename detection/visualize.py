@@ -199,7 +199,7 @@ def visualize(args: argparse.Namespace) -> dict[str, Any]:
         results = {}
         if args.image:  # one frame: the median of interleaved calls, so noise cannot invert the comparison
             with torch.no_grad():
-                timed = time_interleaved({n: (lambda m=m: m([tensor])) for n, m in models.items()}, device, 0,
+                timed = time_interleaved({n: (lambda m=m, t=tensor: m([t])) for n, m in models.items()}, device, 0,
                                          args.repeats)
         for name, model in models.items():
             output, seconds = timed_detect(model, tensor)
