@@ -49,6 +49,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from coring.cli import Parser
 from coring.counting import conv_linear_macs, count_complexity
 from coring.latency import spread, sync, time_interleaved
 from detection.detectors import fasterrcnn
@@ -62,8 +63,7 @@ DEFAULT_RATE = "[0.]+[0.5]*3+[0.6]*16"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compress_rate", "--compress-rate", "-cpr", default=DEFAULT_RATE, help="ResNet-50 rates")
     p.add_argument("--tasks", nargs="+", default=["classification", "detection"],
                    choices=["classification", "detection"])

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from coring.cli import threads
+from coring.cli import Parser, threads
 from coring.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
 from coring.run_logging import RunLogger, read_metrics, write_json
 from coring.threads import configure_threads, describe_threads
@@ -74,8 +74,7 @@ METRIC_FIELDS = ["epoch", "train_loss", "lr", "bbox_AP", "bbox_AP50", "bbox_AP75
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The flat parser of torchvision's detection references, plus the pruning flags."""
-    p = argparse.ArgumentParser(description="Detection training on a pruned ResNet-50-FPN", add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description="Detection training on a pruned ResNet-50-FPN", add_help=add_help)
     p.add_argument("--data-path", default=None, help="COCO root (default: data/coco; tiny: <output-dir>/tiny_coco)")
     p.add_argument("--dataset", default="coco", choices=["coco", "tiny"], help="'tiny' draws a small demo set")
     p.add_argument("--tiny-images", type=int, default=None, help="images of the tiny set (default 8, tiny 16)")
@@ -120,7 +119,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (with --norm-layer bn)")
     p.add_argument("--print-freq", type=int, default=20)
-    p.add_argument("--output-dir", default="detection_run", help="checkpoints and logs")
+    p.add_argument("--output-dir", "--job_dir", dest="output_dir", default="detection_run", help="checkpoints and logs")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="checkpoint to continue from (no value: <output-dir>/checkpoint.pth)")
     p.add_argument("--test-only", action="store_true", help="only evaluate")
