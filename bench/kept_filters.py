@@ -6,7 +6,8 @@
 For every pruned channel group: the share of the group's total filter L1 norm that the kept filters hold (a
 filter of a group scored on several convs counts the sum of its convs' norms), the share of near-dead filters
 (L1 norm below ``--dead`` times the group's median) among the kept ones, and the overlap (Jaccard index) of the
-kept set with ``l1``'s. Printed as a table (mean over groups, and per stage-output group), written as JSON with
+kept set with ``l1``'s, and how far the kept filters lie from the rest of their group (mean distance between
+unit-norm filters, relative to the group's average: above 1 = the criterion keeps outliers). Printed as a table (mean over groups, and per stage-output group), written as JSON with
 ``--json``. No training: it reads one checkpoint and ranks it once per criterion.
 """
 from __future__ import annotations
@@ -32,9 +33,26 @@ def group_norms(model: torch.nn.Module, arch: str) -> dict[str, torch.Tensor]:
             for g in layout.groups}
 
 
+def group_outlyingness(model: torch.nn.Module, arch: str) -> dict[str, torch.Tensor]:
+    """Per channel group, each filter's mean Euclidean distance to the group's other filters (filters scaled to unit
+    norm, summed over the scored convs): high = an outlier of the group, low = a typical filter."""
+    layout = channel_layout(model, arch)
+    modules = dict(model.named_modules())
+    out = {}
+    for g in layout.groups:
+        total = 0
+        for conv in g.scored:
+            w = modules[conv].weight.detach().flatten(1).double()
+            w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            total = total + torch.cdist(w, w).sum(1) / max(1, w.shape[0] - 1)
+        out[g.name] = total
+    return out
+
+
 def kept_statistics(norms: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
-                    dead: float) -> dict[str, dict[str, float]]:
-    """Per pruned group: norm share kept, near-dead share among kept, Jaccard overlap with ``reference``."""
+                    dead: float, outlyingness: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
+    """Per pruned group: norm share kept, near-dead share among kept, Jaccard overlap with ``reference`` and (with
+    ``outlyingness``) the kept filters' mean outlyingness relative to the whole group's (1 = typical sample)."""
     out: dict[str, dict[str, float]] = {}
     for name, kept in keep.items():
         norm = norms[name]
@@ -47,6 +65,8 @@ def kept_statistics(norms: dict[str, torch.Tensor], keep: dict[str, torch.Tensor
                      "dead_kept": float(weak[kept].float().mean()),
                      "dead_in_group": float(weak.float().mean()),
                      "jaccard_l1": len(mine & ref) / len(mine | ref)}
+        if outlyingness is not None:
+            out[name]["outlying_kept"] = float(outlyingness[name][kept].mean() / outlyingness[name].mean())
     return out
 
 
@@ -57,12 +77,12 @@ def summarise(arch: str, rate: str, checkpoint: str | None, criteria: Sequence[s
     if checkpoint:
         load_weights(model, load_checkpoint(checkpoint))
     model.eval()
-    norms = group_norms(model, arch)
+    norms, outlying = group_norms(model, arch), group_outlyingness(model, arch)
     reference = prune(model, arch, rate, "l1", strategy).keep
     result = {}
     for criterion in criteria:
         keep = prune(model, arch, rate, criterion, strategy).keep
-        groups = kept_statistics(norms, keep, reference, dead)
+        groups = kept_statistics(norms, keep, reference, dead, outlying)
         result[criterion] = {
             "groups": groups,
             "mean": {key: statistics.fmean(g[key] for g in groups.values()) for key in next(iter(groups.values()))},
@@ -85,12 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                        args.strategy)
     print(f"{args.arch} {args.compress_rate} ({args.checkpoint or 'random init'}), strategy {args.strategy}, "
           f"near-dead = L1 < {args.dead} x group median; means over pruned groups")
-    print(f"{'criterion':<14}{'norm kept':>10}{'dead kept':>10}{'jaccard l1':>11}   stage outputs: norm kept")
+    print(f"{'criterion':<14}{'norm kept':>10}{'dead kept':>10}{'jaccard l1':>11}{'outlying':>10}   "
+          "stage outputs: norm kept")
     for criterion, stats in result.items():
         stages = ", ".join(f"{name} {g['norm_kept']:.2f}" for name, g in stats["groups"].items() if "out" in name)
         mean = stats["mean"]
-        print(f"{criterion:<14}{mean['norm_kept']:>10.3f}{mean['dead_kept']:>10.3f}{mean['jaccard_l1']:>11.3f}   "
-              f"{stages}")
+        print(f"{criterion:<14}{mean['norm_kept']:>10.3f}{mean['dead_kept']:>10.3f}{mean['jaccard_l1']:>11.3f}"
+              f"{mean['outlying_kept']:>10.3f}   {stages}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
