@@ -249,9 +249,12 @@ def load_weights(model: nn.Module, source: str | Path | Mapping) -> dict:
     target = _unwrap(model)
     model_state = target.state_dict()
     _check_fits(model_state, state)
-    # Module versions (e.g. torchvision's MNASNet) are read from ``_metadata``: keep the model's own.
+    # Module versions (e.g. torchvision's MNASNet) are read from ``_metadata``: the checkpoint's own when it kept
+    # them (a state dict saved by this toolkit does), else the model's.
+    raw = next((obj[k] for k in STATE_DICT_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), obj)
+    metadata = getattr(raw, "_metadata", None) or getattr(model_state, "_metadata", None)
     state = collections.OrderedDict(state)
-    state._metadata = getattr(model_state, "_metadata", None)  # type: ignore[attr-defined]
+    state._metadata = metadata  # type: ignore[attr-defined]
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied

@@ -1,4 +1,5 @@
-"""Parameters and FLOPs (multiply-accumulates) by thop, by ptflops, and by the conv + bias + linear rule.
+"""Parameters and FLOPs (multiply-accumulates) by thop, by ptflops, by the conv + bias + linear rule, and by
+Torch-Pruning (the counter of the generic engine's targets): every counter the toolkit uses lives here.
 
 The paper's ``test.py`` prints ``min(thop, ptflops)``; its tables' baselines use conv + linear MACs with
 conv biases (HRank's convention). All are reported, each named, so a number can be traced to its counter.
@@ -12,9 +13,10 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
-__all__ = ["Complexity", "count_complexity", "count_conv_linear", "conv_linear_macs"]
+__all__ = ["Complexity", "count_complexity", "count_conv_linear", "conv_linear_macs", "torch_pruning_ops"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,10 @@ def count_complexity(model: nn.Module, input_size: int) -> Complexity:
     params_thop, flops_thop = _thop(copy.deepcopy(probe), input_size)
     params_pt, flops_pt = _ptflops(copy.deepcopy(probe), input_size)
     return Complexity(params_thop, flops_thop, params_pt, flops_pt, params_cl, flops_cl)
+
+
+def torch_pruning_ops(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(MACs, params) by Torch-Pruning's own counter (``count_ops_and_params``): what the generic engine's FLOP and
+    parameter targets are measured with."""
+    flops, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(flops), int(params)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from coring.checkpoint import first_line
 from coring.coring_importance import CoringImportance, is_depthwise
+from coring.counting import torch_pruning_ops
 from coring.feature_criteria import Batch
 from coring.generic.common import _FORMAT, _ROOT_TYPES, GenericModelError, tp_version
 from coring.rank_cache import RankCache
@@ -21,17 +22,16 @@ __all__ = ['check_forward', 'count_ops', 'output_layers', 'prune_generic']
 
 
 def count_ops(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
-    """(MACs, params) by ``torch_pruning.utils.count_ops_and_params`` (the counter the targets use).
+    """(MACs, params) by ``coring.counting.torch_pruning_ops`` (the counter the targets use).
 
     A model that no longer runs (a forward that hard-codes channel counts, once pruned) is a one-line
     `GenericModelError` naming the layer where it fails (:func:`check_forward`).
     """
     try:
-        flops, params = tp.utils.count_ops_and_params(model, example_inputs)
+        return torch_pruning_ops(model, example_inputs)
     except Exception as exc:  # noqa: BLE001 - located and re-raised in one line
         check_forward(model, example_inputs)
         raise GenericModelError(f"cannot count the operations of the model: {first_line(exc)}") from None
-    return int(flops), int(params)
 
 
 def _shape_of(value: Any) -> str:

@@ -11,7 +11,12 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from coring.checkpoint import STATE_DICT_KEYS, extract_state_dict, first_line, save_checkpoint
+from coring.checkpoint import (
+    CheckpointError,
+    first_line,
+    load_weights,
+    save_checkpoint,
+)
 from coring.generic.common import TORCHVISION_PREFIX, GenericModelError, tp_version
 from coring.generic.models import _split_spec, load_user_model, model_label
 from coring.generic.pruning import _layer_widths, _plain_history, check_forward
@@ -67,33 +72,12 @@ def _cpu_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
 
 
 def load_state_strict(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
-    """Load a checkpoint's weights strictly, keeping the state dict's ``_metadata``.
-
-    Keys and shapes are checked first (one-line `GenericModelError` naming the first bad key and both shapes);
-    a state dict without metadata gets the model's own (``coring.checkpoint.load_weights`` drops it, which
-    torchvision's MNASNet refuses).
-    """
-
-    state = OrderedDict(extract_state_dict(checkpoint))
-    raw = next((checkpoint[k] for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)), checkpoint)
-    target = model.state_dict()
-    for key, value in target.items():
-        if key not in state and not key.endswith("num_batches_tracked"):
-            raise GenericModelError(f"checkpoint does not fit the model: '{key}' (shape {list(value.shape)}) is "
-                                    f"missing from the checkpoint")
-        if key in state and state[key].shape != value.shape:
-            raise GenericModelError(f"checkpoint does not fit the model: '{key}' has shape {list(state[key].shape)} "
-                                    f"in the checkpoint but {list(value.shape)} in the model")
-    extra = [k for k in state if k not in target]
-    if extra:
-        raise GenericModelError(f"checkpoint does not fit the model: '{extra[0]}' is not in the model")
-    metadata = getattr(raw, "_metadata", None) or getattr(target, "_metadata", None)
-    if metadata is not None:
-        state._metadata = metadata  # type: ignore[attr-defined]
-    result = model.load_state_dict(state, strict=False)
-    bad = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] + list(result.unexpected_keys)
-    if bad:  # unreachable after the checks above; a guard against a custom _load_from_state_dict
-        raise GenericModelError(f"checkpoint does not fit the model: '{bad[0]}' was not loaded")
+    """``coring.checkpoint.load_weights`` (strict, checks before copying, keeps the state dict's ``_metadata``), its
+    errors raised as the generic engine's one-line `GenericModelError`."""
+    try:
+        load_weights(model, checkpoint)
+    except CheckpointError as error:
+        raise GenericModelError(str(error)) from None
 
 
 def _model_source(generic: Mapping[str, Any], model_spec: str | None) -> str:
