@@ -1,6 +1,7 @@
 """CORING filter ranking: HOSVD summaries, pairwise redundancy matrix, greedy strategies.
 
-The pipeline for one layer (or several coupled layers that share output channels):
+The pipeline for one layer (or several coupled layers that share output channels), one module per step
+(``names``, ``summaries``, ``pairwise``, ``greedy``, ``groups``, ``selection``; this package re-exports them):
 
 1. :func:`filter_summaries` -- a truncated HOSVD of every filter, batched over the layer: for each mode of
    length > 1, the leading left singular vector of the filter's mode unfolding, sign-normalised
@@ -17,9 +18,9 @@ are thin wrappers around it. The weight-only criteria of the field, ``l1``, ``l2
 al., CVPR 2019), use the same entry points; the data-driven ones, ``hrank``, ``chip`` and ``taylor``, are named
 here but scored from feature maps by :mod:`coring.feature_criteria` (``rank_groups`` refuses them: no data).
 
-Everything is computed on the weight's device in float64 (the greedy loop itself runs on the host: it is a
-sequential loop of O(N) steps over an ``N x N`` matrix, which a GPU cannot speed up); saliencies are returned
-on the weight's device as float64 tensors, higher = keep.
+Everything is computed on the weight's device in float64 except the greedy loop, which runs on the host
+(docs/design.md, "Greedy strategies"); saliencies are returned on the weight's device as float64 tensors,
+higher = keep.
 """
 from __future__ import annotations
 

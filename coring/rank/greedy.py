@@ -81,12 +81,7 @@ def saliency_from_matrices(mats: Tensor, distance: bool, strategy: str = "min_su
       compares the row minimum with the column minimum instead (maxima for similarities). Ties remove ``r``.
       Saliency is the removal step 0..N-2; the last survivor gets ``N - 1``.
 
-    Cost of the greedy loop: N - 1 steps of O(N) vectorised work each (the totals are recomputed from the
-    live entries of row ``r`` and column ``c``, so they are exact and never drift; per-row minima and first
-    arg-minima are maintained, and only the rows whose arg-min was the removed filter are rescanned, O(N)
-    each), so typically O(N^2) for the whole loop (O(N^3) in the worst case where every row's nearest
-    neighbour is the filter just removed) instead of the O(N^3) of rescanning the whole matrix at every step.
-    The ``B`` matrices share one Python loop (about 0.1-0.2 s for N = 1024 on one CPU core). It runs on the
+    The ``B`` matrices share one loop (its cost: docs/design.md, "Greedy strategies"). It runs on the
     host (numpy); the result is returned as float64 on ``mats.device``.
     """
     strat = canonical_strategy(strategy)
