@@ -105,7 +105,7 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _repair_after_kill(job_dir: Path, state: Mapping[str, Any], log: Any) -> None:
     """Tidy up after a run killed while saving: drop temporary files, redo a best-model copy that was cut off."""
-    for stale in list(job_dir.glob(f".{CHECKPOINT_NAME}.*")) + list(job_dir.glob(f".{BEST_NAME}.*")):
+    for stale in job_dir.glob(".*.tmp*"):  # atomic_write's temporary files (the job dir is locked: none is live)
         stale.unlink(missing_ok=True)
     best_path = job_dir / BEST_NAME
     if state.get("best_epoch") is not None and state.get("best_epoch") == state.get("epoch"):

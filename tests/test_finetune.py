@@ -192,3 +192,14 @@ def test_resume_tidies_a_save_cut_off_by_a_kill(tmp_path):
         _repair_after_kill(tmp_path, state, logger)
     assert load_checkpoint(tmp_path / BEST_NAME)["epoch"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_also_removes_a_curves_png_cut_off_by_a_kill(tmp_path):
+    from coring.fit import _repair_after_kill
+    from coring.run_logging import RunLogger
+
+    (tmp_path / ".curves.png.tdiuslwi.tmp").write_bytes(b"half a png")
+    (tmp_path / ".metrics.csv.x1y2.tmp").write_bytes(b"half a csv")
+    with RunLogger(tmp_path, "t", console=False) as logger:
+        _repair_after_kill(tmp_path, {"epoch": 0, "best_epoch": None}, logger)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
