@@ -48,11 +48,11 @@ from coring.rank import canonical_criterion, canonical_strategy, is_data_driven
 from coring.rank_cache import RankCache
 from coring.run_logging import RunLogger, write_json
 from data import Loaders, build_loaders, dataset_info
-from models import arch_spec, build_model
+from models import arch_spec, build_model, num_outputs
 from models.compress import format_compress_rate, parse_compress_rate
 from models.registry import check_compress_rate
 
-__all__ = ["Engine", "BuiltinEngine", "GenericEngine", "make_engine", "run_prune", "plan_prune", "calibrate",
+__all__ = ["Engine", "BuiltinEngine", "GenericEngine", "make_engine", "run_prune", "calibrate",
            "LAST_SHOT_NAME", "PRUNED_NAME"]
 
 LAST_SHOT_NAME = "last_shot.pth.tar"
@@ -168,7 +168,7 @@ class BuiltinEngine(Engine):
     def prune_shot(self, model: nn.Module, shot: int, *, batches: Sequence | None,
                    cache: RankCache | None) -> tuple[nn.Module, dict[str, list[int]]]:
         result = prune(model, self.arch, self.rounds[shot], self.criterion, self.strategy, seed=self.args.rank_seed,
-                       cache=cache, num_classes=_classes(model), batches=batches)
+                       cache=cache, num_classes=num_outputs(model), batches=batches)
         composed = {name: (self.keep[name][idx] if name in self.keep else idx) for name, idx in result.keep.items()}
         self.keep = composed
         return result.model, {name: idx.tolist() for name, idx in composed.items()}
@@ -177,7 +177,7 @@ class BuiltinEngine(Engine):
         last = shot == len(self.rounds) - 1 and self.args.compress_rate is not None
         rate = self.args.compress_rate if last else format_compress_rate(self.rounds[shot])  # the user's spelling
         return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "arch": self.arch,
-                "compress_rate": rate, "num_classes": _classes(model)}
+                "compress_rate": rate, "num_classes": num_outputs(model)}
 
     def rebuild(self, checkpoint: Mapping[str, Any]) -> nn.Module:
         model = build_model(self.arch, checkpoint["compress_rate"], checkpoint.get("num_classes"))
@@ -290,11 +290,6 @@ def _single_channel_ratio(text: str | None) -> float | None:
     return rates[0]
 
 
-def _classes(model: nn.Module) -> int | None:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
 def counts_table(before: Any, after: Any) -> list[str]:
     """Params and FLOPs before and after, by every counter, as log lines."""
     rows = [f"{'counter':<12} {'params before':>14} {'params after':>13} {'(-%)':>7} "
@@ -316,11 +311,6 @@ def make_engine(args: argparse.Namespace) -> Engine:
     if args.arch is None:
         raise ValueError("--arch (or --model) is required")
     return BuiltinEngine(args)
-
-
-def plan_prune(args: argparse.Namespace) -> dict[str, Any]:
-    """``--dry_run``: the plan of either engine; reads no data or checkpoint and writes nothing."""
-    return make_engine(args).plan()
 
 
 def calibrate(model: nn.Module, loaders: Loaders, device: torch.device, epochs: int, args: argparse.Namespace,
