@@ -19,7 +19,7 @@ __all__ = ["JobDirError", "RUN_MARKERS", "claim_job_dir", "move_run_aside"]
 
 #: Files whose presence means a directory holds a run (fine-tuning, pruning or evaluation).
 RUN_MARKERS: tuple[str, ...] = ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "summary.json",
-                                "pruned.pth.tar", "prune_summary.json")
+                                "pruned.pth.tar", "prune_summary.json", "last_shot.pth.tar")
 LOCK_NAME = "job.lock"
 
 
@@ -43,7 +43,7 @@ def move_run_aside(job_dir: Path, markers: Sequence[str] = RUN_MARKERS) -> Path:
         target = job_dir / f"previous-{stamp}-{suffix}"
         suffix += 1
     target.mkdir()
-    for name in (*markers, "logs", "args.json", "config.txt", "curves.png", "shots"):
+    for name in (*markers, "logs", "args.json", "config.txt", "curves.png"):
         source = job_dir / name
         if source.exists():
             os.replace(source, target / name)

@@ -174,3 +174,16 @@ def test_two_finetune_processes_on_one_job_dir_one_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_killed_kshot_prune_run_counts_as_a_run_of_the_job_dir(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "last_shot.pth.tar").write_bytes(b"a finished shot")
+    with pytest.raises(JobDirError, match="last_shot.pth.tar"):
+        with claim_job_dir(job):
+            pass
+    with claim_job_dir(job, restart=True):
+        pass
+    assert not (job / "last_shot.pth.tar").exists()
+    assert [p.name for p in job.glob("previous-*/last_shot.pth.tar")] == ["last_shot.pth.tar"]
