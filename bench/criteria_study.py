@@ -14,7 +14,9 @@ architecture from a random initialisation with the same recipe for the same epoc
 
 Writes ``<out>/runs.json`` (every run: seed, criterion, top-1 per stage and per epoch, seconds, the command),
 ``<out>/study.md`` (mean ± std per criterion and stage, paired differences against ``random`` with bootstrap 95 %
-intervals, ranks per stage) and ``<out>/study.png``, all atomically. Killed, it continues where it stopped when
+intervals, ranks per stage, Kendall's tau of each stage's ordering with the last one), ``<out>/study.png`` (top-1
+per criterion, one marker per seed) and ``<out>/differences.png`` (the paired difference against ``random`` after
+each epoch: does the ordering settle?), all atomically. Killed, it continues where it stopped when
 run again with the same settings: finished (seed, criterion) runs are skipped and baselines reused (a baseline
 killed mid-training resumes from its last epoch). The defaults (3 seeds x 7 runs, 2000/1000 images, 8 + 3 epochs)
 take about 40 minutes with one thread on a busy 2-core machine (estimated from measured epoch times).
@@ -50,7 +52,9 @@ from coring.study import (
     BN_ADAPTED,
     SCRATCH,
     TRANSFERRED,
+    criteria_of,
     epoch_stage,
+    plot_differences,
     plot_study,
     render_markdown,
     stage_names,
@@ -60,11 +64,12 @@ from coring.threads import configure_threads, describe_threads
 from data import DATASETS, build_loaders
 from models import build_model, list_models
 
-__all__ = ["PLOT_NAME", "REPORT_NAME", "RUNS_NAME", "build_parser", "main", "run_study"]
+__all__ = ["DIFFERENCES_PLOT_NAME", "PLOT_NAME", "REPORT_NAME", "RUNS_NAME", "build_parser", "main", "run_study"]
 
 RUNS_NAME = "runs.json"
 REPORT_NAME = "study.md"
 PLOT_NAME = "study.png"
+DIFFERENCES_PLOT_NAME = "differences.png"
 DEFAULT_CRITERIA = "VBD_dis,cosine_sim,Euclide_dis,l1,l2,random"
 #: Settings a resumed study must share with the runs already in ``runs.json`` (seeds and criteria may change).
 RESULT_SETTINGS = ("arch", "compress_rate", "dataset", "data_dir", "strategy", "train_images", "test_images",
@@ -290,18 +295,14 @@ class Study:
         title = f"Criteria study: {a.arch} on {a.dataset}"
         return {"title": title, "details": details, "command": self.command}
 
-    def _criteria_in_runs(self) -> list[str]:
-        seen = list(dict.fromkeys(r["criterion"] for r in self.state["runs"]))
-        ordered = [c for c in self.criteria if c in seen] + [c for c in seen if c not in self.criteria]
-        return [c for c in ordered if c != SCRATCH] + ([SCRATCH] if SCRATCH in ordered else [])
-
     def write_reports(self, plot: bool) -> None:
-        criteria = self._criteria_in_runs()
+        criteria = criteria_of(self.state["runs"], self.criteria)
         write_text_atomic(self.out / REPORT_NAME,
                           render_markdown(self.state["runs"], criteria, self.stages, self._meta()))
         if plot and self.state["runs"]:
-            plot_study(self.state["runs"], criteria, self.stages, self.out / PLOT_NAME,
-                       title=f"{self.args.arch} on {self.args.dataset}, {len(self.state['runs'])} runs")
+            title = f"{self.args.arch} on {self.args.dataset}, {len(self.state['runs'])} runs"
+            plot_study(self.state["runs"], criteria, self.stages, self.out / PLOT_NAME, title=title)
+            plot_differences(self.state["runs"], criteria, self.stages, self.out / DIFFERENCES_PLOT_NAME, title=title)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

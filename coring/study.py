@@ -8,19 +8,22 @@ figure:
 * per criterion and stage: mean and (sample) standard deviation over seeds;
 * paired differences against ``random`` (the same seed's baseline pruned at random), with a percentile bootstrap
   95 % interval of their mean (numpy, seeded, so a report is reproducible);
-* the rank of each criterion by mean top-1 at each stage (does the ordering stop moving?).
+* the rank of each criterion by mean top-1 at each stage, and Kendall's tau between each stage's ordering and the
+  last stage's (does the ordering stop moving?).
 
 A run record is a dict ``{"seed": int, "criterion": str, "top1": {stage: float | None}, ...}``. Files are written
 atomically through ``coring.checkpoint.atomic_write`` (JSON through ``coring.run_logging.write_json``).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import kendalltau
 
 from coring.checkpoint import atomic_write
 
@@ -31,13 +34,20 @@ __all__ = [
     "TRANSFERRED",
     "CriterionStats",
     "bootstrap_mean_ci",
+    "criteria_of",
     "epoch_stage",
+    "final_stage",
     "mean_std",
+    "ordering_agreement",
+    "plot_differences",
     "plot_study",
+    "render_budget_comparison",
     "render_markdown",
+    "render_summary",
     "stage_label",
     "stage_names",
     "stage_ranks",
+    "stages_of",
     "summarise",
     "write_text_atomic",
 ]
@@ -67,6 +77,28 @@ def stage_label(stage: str) -> str:
     if stage.startswith("epoch_"):
         return f"epoch {stage[len('epoch_'):]}"
     raise ValueError(f"unknown stage {stage!r}; expected {TRANSFERRED}, {BN_ADAPTED} or epoch_<k>")
+
+
+def stages_of(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The stages the runs hold, in order (as transferred, BN re-estimated, then the epochs by number)."""
+    seen = {stage for run in runs for stage in run.get("top1", {})}
+    epochs = sorted((s for s in seen if s.startswith("epoch_")), key=lambda s: int(s[len("epoch_"):]))
+    return [s for s in (TRANSFERRED, BN_ADAPTED) if s in seen] + epochs
+
+
+def criteria_of(runs: Iterable[Mapping[str, Any]], preferred: Sequence[str] = ()) -> list[str]:
+    """The criteria the runs hold: those of ``preferred`` first, in its order, then the others as they appear;
+    ``scratch`` (the control) always last."""
+    seen = list(dict.fromkeys(run["criterion"] for run in runs))
+    ordered = [c for c in preferred if c in seen] + [c for c in seen if c not in preferred]
+    return [c for c in ordered if c != SCRATCH] + ([SCRATCH] if SCRATCH in ordered else [])
+
+
+def final_stage(stages: Sequence[str]) -> str:
+    """The last stage (the last fine-tuning epoch when there is one)."""
+    if not stages:
+        raise ValueError("a study needs at least one stage")
+    return stages[-1]
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -155,6 +187,27 @@ def stage_ranks(summary: Mapping[tuple[str, str], CriterionStats], criteria: Seq
     return {c: 1 + sum(other > m for other in means.values()) for c, m in means.items()}
 
 
+def _kendall(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b of two paired sequences (scipy); None where it is undefined (a constant sequence)."""
+    tau = kendalltau(a, b).statistic
+    return None if np.isnan(tau) else float(tau)
+
+
+def ordering_agreement(summary: Mapping[tuple[str, str], CriterionStats], criteria: Sequence[str],
+                       stages: Sequence[str], *, reference: str | None = None) -> dict[str, float | None]:
+    """stage -> Kendall's tau-b between the criteria's mean top-1 at that stage and at ``reference`` (default: the
+    last stage). 1 means the same ordering; None where fewer than three criteria have a mean at both stages."""
+    reference = reference or final_stage(stages)
+    out: dict[str, float | None] = {}
+    for stage in stages:
+        both = [c for c in criteria if summary[c, stage].mean is not None and summary[c, reference].mean is not None]
+        if len(both) < 3:
+            out[stage] = None
+            continue
+        out[stage] = _kendall([summary[c, stage].mean for c in both], [summary[c, reference].mean for c in both])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _fmt_mean_std(stats: CriterionStats) -> str:
     if stats.mean is None:
@@ -196,7 +249,92 @@ def render_markdown(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], 
     lines += ["", "## Rank by mean top-1 (1 = best): does the ordering settle during fine-tuning?", ""]
     ranks = {s: stage_ranks(summary, criteria, s) for s in stages}
     lines += _table(["criterion", *heads], ([c, *(str(ranks[s].get(c, "–")) for s in stages)] for c in criteria))
+    tau = ordering_agreement(summary, criteria, stages)
+    lines += ["", f"Kendall's tau between each stage's ordering and the {stage_label(final_stage(stages))}'s "
+                  "(1 = the same ordering): " + ", ".join(f"{stage_label(s)} {_fmt_tau(tau[s])}" for s in stages)]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_tau(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def render_summary(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], *, title: str,
+                   baseline: str = BASELINE_CRITERION, last_ranks: int = 3) -> str:
+    """The compact table of a study: BN re-estimated and final top-1, the final paired difference against
+    ``baseline`` with its interval, the final rank and the ranks of the ``last_ranks`` last epochs (does the
+    ordering still move at the end?), then Kendall's tau of the earlier epochs' orderings with the final one."""
+    stages = stages_of(runs)
+    last = final_stage(stages)
+    summary = summarise(runs, criteria, stages, baseline=baseline)
+    epochs = [s for s in stages if s.startswith("epoch_")][-last_ranks:]
+    final_ranks = stage_ranks(summary, criteria, last)
+    ranks = {s: stage_ranks(summary, criteria, s) for s in epochs}
+    seeds = sorted({int(r["seed"]) for r in runs})
+    lines = [f"#### {title}: seeds {seeds}, final stage {stage_label(last)}", ""]
+    header = ["criterion", "BN re-estimated", f"after fine-tuning ({stage_label(last)})",
+              f"vs {baseline}, final [95% CI]", "rank (final)", f"ranks, {', '.join(stage_label(s) for s in epochs)}"]
+
+    def row(c: str) -> list[str]:
+        final = summary[c, last]
+        bn = _fmt_mean_std(summary[c, BN_ADAPTED]) if BN_ADAPTED in stages else "–"
+        return [c, bn, _fmt_mean_std(final), _fmt_final_diff(final), str(final_ranks.get(c, "–")),
+                " · ".join(str(ranks[s].get(c, "–")) for s in epochs)]
+
+    lines += _table(header, (row(c) for c in criteria))
+    tau = ordering_agreement(summary, criteria, stages)
+    lines += ["", "Kendall's tau with the final ordering: " + ", ".join(
+        f"{stage_label(s)} {_fmt_tau(tau[s])}" for s in stages if s.startswith("epoch_"))]
+    return "\n".join(lines) + "\n"
+
+
+def render_budget_comparison(studies: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], criteria: Sequence[str], *,
+                             baseline: str = BASELINE_CRITERION) -> str:
+    """Several studies of one setting (e.g. fine-tuning budgets 4 and 10): each criterion's final paired difference
+    against ``baseline`` and final rank in each, then Kendall's tau between the final orderings of each pair of
+    consecutive studies (does a longer budget change the verdict?)."""
+    finals = []
+    for label, runs in studies:
+        last = final_stage(stages_of(runs))
+        summary = summarise(runs, criteria, [last], baseline=baseline)
+        finals.append((label, last, summary, stage_ranks(summary, criteria, last)))
+    header = ["criterion", *(f"{label}: vs {baseline} [95% CI]" for label, *_ in finals),
+              *(f"{label}: rank" for label, *_ in finals)]
+    rows = ([c, *(_fmt_final_diff(summary[c, last]) for _, last, summary, _ in finals),
+             *(str(ranks.get(c, "–")) for *_, ranks in finals)] for c in criteria)
+    lines = _table(header, rows)
+    for (a, a_last, a_sum, _), (b, b_last, b_sum, _) in itertools.pairwise(finals):
+        both = [c for c in criteria if a_sum[c, a_last].mean is not None and b_sum[c, b_last].mean is not None]
+        tau = _kendall([a_sum[c, a_last].mean for c in both], [b_sum[c, b_last].mean for c in both]) \
+            if len(both) >= 3 else None
+        lines += ["", f"Kendall's tau between the final orderings of {a} and {b}: {_fmt_tau(tau)} ({len(both)} criteria)"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_final_diff(stats: CriterionStats) -> str:
+    if stats.diff_mean is None:
+        return "–"
+    return f"{stats.diff_mean:+.2f}" + ("" if stats.diff_low is None else f" [{stats.diff_low:+.2f}, {stats.diff_high:+.2f}]")
+
+
+def _new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure on the Agg canvas (no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Any, path: str | Path, title: str) -> Path:
+    """Title, tighten and write ``fig`` as a PNG, atomically."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return path
 
 
 def _plot_stages(stages: Sequence[str]) -> list[str]:
@@ -210,14 +348,10 @@ def plot_study(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], stage
                path: str | Path, *, title: str = "") -> Path:
     """A PNG: one panel per stage (as transferred, BN re-estimated, first and last fine-tuning epoch), criteria on
     the x axis, top-1 on the y axis, one marker per seed and a bar at the mean (matplotlib Agg, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     panels = _plot_stages(stages)
     seeds = sorted({int(r["seed"]) for r in runs})
     markers = "osD^v<>ph*"
-    fig = Figure(figsize=(max(4.0, 0.7 * len(criteria) + 1.5) * len(panels), 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _new_figure(max(4.0, 0.7 * len(criteria) + 1.5) * len(panels), 4.2)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
     spread = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(1)
     for ax, stage in zip(axes, panels):
@@ -240,12 +374,39 @@ def plot_study(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], stage
         unique.update({label: handle for label, handle in zip(labels, handles) if label not in unique})
     if unique:
         axes[-1].legend(unique.values(), unique.keys(), fontsize="small", loc="best")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    return path
+    return _save_figure(fig, path, title)
+
+
+def plot_differences(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], stages: Sequence[str],
+                     path: str | Path, *, baseline: str = BASELINE_CRITERION, title: str = "") -> Path:
+    """A PNG: the paired difference against ``baseline`` (mean over seeds, bootstrap 95 % bar) after each
+    fine-tuning epoch, one line per criterion: where the lines stop crossing, the ordering has settled."""
+    epochs = [s for s in stages if s.startswith("epoch_")]
+    summary = summarise(runs, criteria, epochs, baseline=baseline)
+    others = [c for c in criteria if c != baseline]
+    zoom_from = len(epochs) // 2  # the second panel: the second half of fine-tuning, on its own scale
+    fig = _new_figure(11.0, 4.4)
+    axes = fig.subplots(1, 2)
+    for ax, first in zip(axes, (0, zoom_from)):
+        x = np.arange(first + 1, len(epochs) + 1)
+        for k, criterion in enumerate(others):
+            stats = [summary[criterion, s] for s in epochs[first:]]
+            mean = np.array([np.nan if st.diff_mean is None else st.diff_mean for st in stats])
+            low = np.array([np.nan if st.diff_low is None else st.diff_low for st in stats])
+            high = np.array([np.nan if st.diff_high is None else st.diff_high for st in stats])
+            shift = (k - (len(others) - 1) / 2) * 0.04
+            ax.errorbar(x + shift, mean, yerr=np.vstack([mean - low, high - mean]), marker="o", markersize=3,
+                        capsize=2, linewidth=1.2, color=f"C{k % 10}", label=criterion,
+                        linestyle="--" if criterion == SCRATCH else "-")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(x)
+        ax.set_xlabel("fine-tuning epoch")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"top-1 minus {baseline}'s, same seed (points)")
+    axes[0].set_title("every epoch")
+    axes[1].set_title(f"epochs {zoom_from + 1}-{len(epochs)}")
+    axes[1].legend(fontsize="small", loc="best", ncol=2)
+    return _save_figure(fig, path, title)
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -9,16 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from bench import criteria_study
+from bench import criteria_study, study_summary
 from coring.study import (
     BN_ADAPTED,
     TRANSFERRED,
     bootstrap_mean_ci,
+    criteria_of,
     mean_std,
+    ordering_agreement,
+    plot_differences,
     plot_study,
+    render_budget_comparison,
     render_markdown,
+    render_summary,
     stage_names,
     stage_ranks,
+    stages_of,
     summarise,
 )
 
@@ -96,6 +102,69 @@ def test_report_and_plot_of_known_runs(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _settling_runs() -> list[dict]:
+    """Three epochs: 'late' starts last and ends first; 'early' the other way round; the ordering of epochs 2 and 3
+    is the same."""
+    top1 = {"late": (10.0, 60.0, 61.0), "random": (20.0, 50.0, 51.0), "early": (30.0, 40.0, 41.0),
+            "mid": (25.0, 45.0, 46.0)}
+    return [{"seed": seed, "criterion": c, "top1": {BN_ADAPTED: v[0], **{f"epoch_{e + 1}": x + seed
+                                                                         for e, x in enumerate(v)}}}
+            for seed in (0, 1) for c, v in top1.items()]
+
+
+def test_ordering_agreement_is_kendalls_tau_with_the_final_ordering():
+    runs = _settling_runs()
+    criteria = criteria_of(runs)
+    stages = stages_of(runs)
+    assert stages == [BN_ADAPTED, "epoch_1", "epoch_2", "epoch_3"]
+    tau = ordering_agreement(summarise(runs, criteria, stages), criteria, stages)
+    assert tau["epoch_1"] == pytest.approx(-1.0) and tau["epoch_2"] == pytest.approx(1.0)
+    assert tau["epoch_3"] == pytest.approx(1.0)
+    few = ordering_agreement(summarise(runs, ["late", "early"], stages), ["late", "early"], stages)
+    assert set(few.values()) == {None}  # two criteria do not make an ordering worth a tau
+
+
+def test_criteria_of_keeps_the_preferred_order_and_puts_scratch_last():
+    runs = [{"criterion": c} for c in ("scratch", "l1", "random", "VBD_dis")]
+    assert criteria_of(runs, ["random", "l1"]) == ["random", "l1", "VBD_dis", "scratch"]
+
+
+def test_summary_table_shows_final_differences_and_the_last_ranks():
+    runs = _settling_runs()
+    text = render_summary(runs, criteria_of(runs), title="T")
+    assert text.startswith("#### T: seeds [0, 1], final stage epoch 3")
+    assert "| late | 10.00 ± 0.00 (2) | 61.50 ± 0.71 (2) | +10.00 [+10.00, +10.00] | 1 | 4 · 1 · 1 |" in text
+    assert "epoch 1 -1.00, epoch 2 +1.00, epoch 3 +1.00" in text
+
+
+def test_budget_comparison_pairs_the_final_orderings():
+    short = [{**r, "top1": {k: v for k, v in r["top1"].items() if k != "epoch_3" and k != "epoch_2"}}
+             for r in _settling_runs()]
+    text = render_budget_comparison([("F1", short), ("F3", _settling_runs())], ["late", "random", "early", "mid"])
+    assert "| late | -10.00 [-10.00, -10.00] | +10.00 [+10.00, +10.00] | 4 | 1 |" in text
+    assert "Kendall's tau between the final orderings of F1 and F3: -1.00 (4 criteria)" in text
+
+
+def test_differences_plot_is_a_png(tmp_path):
+    runs = _settling_runs()
+    path = plot_differences(runs, criteria_of(runs), stages_of(runs), tmp_path / "d.png", title="T")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_summary_prints_tables_and_rejects_a_missing_study(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "runs.json").write_text(json.dumps({"settings": {"arch": "vgg_16_bn"}, "runs": _settling_runs()}))
+    assert study_summary.main([f"{tmp_path / 'a'}=A", str(tmp_path / "a" / "runs.json")]) == 0
+    out = capsys.readouterr().out
+    assert "#### A: seeds [0, 1]" in out and "#### vgg_16_bn at `?`, ? fine-tuning epochs" in out
+    assert study_summary.main(["--budgets", f"{tmp_path / 'a'}=A", f"{tmp_path / 'a'}=B"]) == 0
+    assert "final orderings of A and B: +1.00" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        study_summary.main([str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "no study at" in err[0] and "missing" in err[0]
+
+
 # -- a tiny study end to end ----------------------------------------------------------------------------------------
 ARGV = ["--arch", "resnet_56", "--compress_rate", "[0.]+[0.5]*29", "--dataset", "synthetic_cifar", "--criteria",
         "l1,random", "--seeds", "0,1", "--train_images", "64", "--test_images", "32", "--baseline_epochs", "1",
@@ -133,6 +202,8 @@ def test_study_writes_every_run_and_its_reports(study):
     assert "## Paired difference from `random`" in text and "| scratch |" in text
     assert "64 training images, 32 test images" in text and "CPU thread(s)" in text
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "differences.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Kendall's tau between each stage's ordering" in text
     assert sorted(p.name for p in (out / "baselines").glob("*.pth.tar")) == ["seed_0.pth.tar", "seed_1.pth.tar"]
 
 
