@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from coring.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from coring.checkpoint import CheckpointError, atomic_copy, load_checkpoint, load_weights, save_checkpoint
 from coring.cli import Parser, nonnegative_int, positive_float, positive_int, threads
 from coring.counting import count_conv_linear
 from coring.device import resolve_device
@@ -75,6 +75,9 @@ DEFAULT_CRITERIA = "VBD_dis,cosine_sim,Euclide_dis,l1,l2,random"
 RESULT_SETTINGS = ("arch", "compress_rate", "dataset", "data_dir", "strategy", "train_images", "test_images",
                    "baseline_epochs", "finetune_epochs", "batch_size", "lr", "baseline_lr", "weight_decay",
                    "bn_images", "rank_batches")
+#: Settings a reused baseline (``--baselines_from``) must have been trained with.
+BASELINE_SETTINGS = ("arch", "dataset", "data_dir", "train_images", "test_images", "baseline_epochs", "batch_size",
+                     "baseline_lr", "weight_decay")
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "epoch_time_s")
 
 
@@ -110,6 +113,9 @@ def build_parser() -> Parser:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="a progress bar over the runs")
     parser.add_argument("--out", default="runs/criteria_study", help="output directory (resumed when it holds a study)")
+    parser.add_argument("--baselines_from", default=None,
+                        help="another study's directory whose baselines to reuse (copied into --out); it must have "
+                             "trained them with the same " + ", ".join(BASELINE_SETTINGS))
     return parser
 
 
@@ -159,6 +165,22 @@ def _load_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _check_baseline_source(source: Path, settings: dict[str, Any]) -> Path:
+    """``source`` (a study directory) when its baselines were trained with ``settings``' baseline settings."""
+    path = source / RUNS_NAME
+    if not path.is_file():
+        raise ValueError(f"--baselines_from '{source}' is not a study directory (no {RUNS_NAME} there)")
+    try:
+        theirs = json.loads(path.read_text()).get("settings", {})
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--baselines_from: '{path}' is not a study record ({error})") from None
+    for key in BASELINE_SETTINGS:
+        if theirs.get(key) != settings[key]:
+            raise ValueError(f"--baselines_from '{source}' trained its baselines with {key} {theirs.get(key)!r}, "
+                             f"this study uses {settings[key]!r}; train new baselines or match the setting")
+    return source / "baselines"
+
+
 def _history(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: row[k] for k in _HISTORY_KEYS if row.get(k) is not None} for row in rows]
 
@@ -183,6 +205,8 @@ class Study:
         self.info = DATASETS[args.dataset]
         self.stages = stage_names(args.finetune_epochs)
         self.state = _load_state(self.out, _settings(args))
+        self.baseline_source = (_check_baseline_source(Path(args.baselines_from), _settings(args))
+                                if args.baselines_from else None)
         self.log = get_logger("study")
         self.sizes: dict[str, int] = dict(self.state.get("sizes", {}))
         self.complexity = self._complexity()
@@ -208,6 +232,10 @@ class Study:
         """Seed ``seed``'s trained baseline (from the cache when there) and whether it was trained now."""
         path = self.out / "baselines" / f"seed_{seed}.pth.tar"
         model = build_model(self.args.arch, None, self.info.num_classes)
+        reused = self.baseline_source / path.name if self.baseline_source else None
+        if not path.exists() and reused is not None and reused.is_file():
+            atomic_copy(reused, path)
+            self.log.info("seed %d: baseline reused from %s", seed, reused)
         if path.exists():
             checkpoint = load_checkpoint(path)
             load_weights(model, checkpoint)

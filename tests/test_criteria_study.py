@@ -239,3 +239,25 @@ def test_bad_seeds_or_criteria_are_one_line_errors(tmp_path, capsys, one_thread,
 def test_random_is_added_as_the_reference_and_scratch_comes_last():
     assert criteria_study.parse_criteria("vbd,l1", scratch=True) == ["VBD_dis", "l1", "random", "scratch"]
     assert criteria_study.parse_criteria("scratch,random,l2", scratch=False) == ["random", "l2"]
+
+
+def test_baselines_from_another_study_are_copied_not_retrained(study, tmp_path):
+    out = tmp_path / "longer"
+    result = _study(out, "--finetune_epochs", "2", "--criteria", "l1", "--no_scratch", "--baselines_from", str(study[0]))
+    assert result["trained_baselines"] == [] and result["ran"] == [(0, "l1"), (0, "random"), (1, "l1"), (1, "random")]
+    for seed in (0, 1):
+        name = f"seed_{seed}.pth.tar"
+        assert (out / "baselines" / name).read_bytes() == (study[0] / "baselines" / name).read_bytes()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--train_images", "32", "train_images 64"),
+                                                  ("--arch", "vgg_16_bn", "arch 'resnet_56'")])
+def test_baselines_from_a_study_with_other_training_settings_is_a_one_line_error(study, tmp_path, capsys, one_thread,
+                                                                                 flag, value, message):
+    argv = [*ARGV, "--out", str(tmp_path / "o"), "--baselines_from", str(study[0]), flag, value]
+    if flag == "--arch":
+        argv[argv.index("[0.]+[0.5]*29")] = "[0.3]*7+[0.5]*5"
+    assert criteria_study.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--baselines_from" in err[0] and message in err[0]
+    assert not (tmp_path / "o").exists()
