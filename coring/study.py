@@ -151,6 +151,7 @@ class CriterionStats:
     diff_mean: float | None = None
     diff_low: float | None = None
     diff_high: float | None = None
+    diff_above: int = 0  # seeds on which the criterion beats the baseline criterion (a sign test's count)
 
 
 def summarise(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], stages: Sequence[str], *,
@@ -174,7 +175,7 @@ def summarise(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], stages
                 low, high = bootstrap_mean_ci(diffs, level=level, resamples=resamples, seed=seed) \
                     if len(diffs) > 1 else (None, None)
                 stats = CriterionStats(criterion, stage, len(values), mean, std, len(diffs),
-                                       float(np.mean(diffs)), low, high)
+                                       float(np.mean(diffs)), low, high, sum(d > 0 for d in diffs))
             out[criterion, stage] = stats
     return out
 
@@ -273,7 +274,7 @@ def render_summary(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], *
     seeds = sorted({int(r["seed"]) for r in runs})
     lines = [f"#### {title}: seeds {seeds}, final stage {stage_label(last)}", ""]
     header = ["criterion", "BN re-estimated", f"after fine-tuning ({stage_label(last)})",
-              f"vs {baseline}, final [95% CI]", "rank (final)", f"ranks, {', '.join(stage_label(s) for s in epochs)}"]
+              f"vs {baseline}, final [95% CI] (seeds above)", "rank (final)", f"ranks, {', '.join(stage_label(s) for s in epochs)}"]
 
     def row(c: str) -> list[str]:
         final = summary[c, last]
@@ -298,7 +299,7 @@ def render_budget_comparison(studies: Sequence[tuple[str, Sequence[Mapping[str, 
         last = final_stage(stages_of(runs))
         summary = summarise(runs, criteria, [last], baseline=baseline)
         finals.append((label, last, summary, stage_ranks(summary, criteria, last)))
-    header = ["criterion", *(f"{label}: vs {baseline} [95% CI]" for label, *_ in finals),
+    header = ["criterion", *(f"{label}: vs {baseline} [95% CI] (seeds above)" for label, *_ in finals),
               *(f"{label}: rank" for label, *_ in finals)]
     rows = ([c, *(_fmt_final_diff(summary[c, last]) for _, last, summary, _ in finals),
              *(str(ranks.get(c, "–")) for *_, ranks in finals)] for c in criteria)
@@ -314,7 +315,8 @@ def render_budget_comparison(studies: Sequence[tuple[str, Sequence[Mapping[str, 
 def _fmt_final_diff(stats: CriterionStats) -> str:
     if stats.diff_mean is None:
         return "–"
-    return f"{stats.diff_mean:+.2f}" + ("" if stats.diff_low is None else f" [{stats.diff_low:+.2f}, {stats.diff_high:+.2f}]")
+    interval = "" if stats.diff_low is None else f" [{stats.diff_low:+.2f}, {stats.diff_high:+.2f}]"
+    return f"{stats.diff_mean:+.2f}{interval} ({stats.diff_above}/{stats.diff_n})"
 
 
 def _new_figure(width: float, height: float) -> Any:

@@ -81,7 +81,7 @@ def test_differences_are_paired_by_seed():
     summary = summarise(_runs(), ["good", "random", "scratch"], stage_names(1))
     good = summary["good", "epoch_1"]
     assert good.std == pytest.approx(30.0)  # unpaired, the seeds' spread would swamp the 2 points
-    assert (good.diff_n, good.diff_mean, good.diff_low, good.diff_high) == (3, 2.0, 2.0, 2.0)
+    assert (good.diff_n, good.diff_mean, good.diff_low, good.diff_high, good.diff_above) == (3, 2.0, 2.0, 2.0, 3)
     assert summary["random", "epoch_1"].diff_mean is None
     assert summary["scratch", TRANSFERRED].n == 0 and summary["scratch", TRANSFERRED].mean is None
 
@@ -133,7 +133,7 @@ def test_summary_table_shows_final_differences_and_the_last_ranks():
     runs = _settling_runs()
     text = render_summary(runs, criteria_of(runs), title="T")
     assert text.startswith("#### T: seeds [0, 1], final stage epoch 3")
-    assert "| late | 10.00 ± 0.00 (2) | 61.50 ± 0.71 (2) | +10.00 [+10.00, +10.00] | 1 | 4 · 1 · 1 |" in text
+    assert "| late | 10.00 ± 0.00 (2) | 61.50 ± 0.71 (2) | +10.00 [+10.00, +10.00] (2/2) | 1 | 4 · 1 · 1 |" in text
     assert "epoch 1 -1.00, epoch 2 +1.00, epoch 3 +1.00" in text
 
 
@@ -141,7 +141,7 @@ def test_budget_comparison_pairs_the_final_orderings():
     short = [{**r, "top1": {k: v for k, v in r["top1"].items() if k != "epoch_3" and k != "epoch_2"}}
              for r in _settling_runs()]
     text = render_budget_comparison([("F1", short), ("F3", _settling_runs())], ["late", "random", "early", "mid"])
-    assert "| late | -10.00 [-10.00, -10.00] | +10.00 [+10.00, +10.00] | 4 | 1 |" in text
+    assert "| late | -10.00 [-10.00, -10.00] (0/2) | +10.00 [+10.00, +10.00] (2/2) | 4 | 1 |" in text
     assert "Kendall's tau between the final orderings of F1 and F3: -1.00 (4 criteria)" in text
 
 
