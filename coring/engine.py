@@ -27,6 +27,7 @@ from torch import nn
 
 from coring.distributed import all_reduce_min, all_reduce_sum, is_distributed, unwrap
 from coring.run_logging import get_logger
+from data.common import at_epoch
 
 __all__ = ["EvalResult", "TrainResult", "NonFiniteLossError", "accuracy", "evaluate", "train_one_epoch",
            "recalibrate_bn", "evaluate_pruned", "check_finite", "amp_dtype", "make_grad_scaler", "prepare_model", "autocast"]
@@ -388,13 +389,15 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int, device: 
 def evaluate_pruned(model: nn.Module, loaders, device: torch.device, bn_images: int, *, amp: bool, log):
     """Accuracy right after pruning, as transferred and after BN re-estimation on ``bn_images`` training images.
 
-    The re-estimation runs on a copy, so ``model`` keeps its transferred statistics. Returns
-    ``(as_transferred, adapted, images_used)`` and logs both accuracies.
+    The re-estimation runs on a copy, so ``model`` keeps its transferred statistics, and on the first ``bn_images``
+    images of epoch 0's order (``data.common.at_epoch``), so it sees the same images whatever iterated the training
+    loader before (a study's earlier runs, a trained baseline). Returns ``(as_transferred, adapted, images_used)``
+    and logs both accuracies.
     """
-
     pruned = evaluate(model, loaders.test, device, amp=amp, desc="pruned")
     recalibrated = copy.deepcopy(model)
-    used = recalibrate_bn(recalibrated, loaders.train, bn_images, device, amp=amp)
+    with at_epoch(loaders.train, 0):
+        used = recalibrate_bn(recalibrated, loaders.train, bn_images, device, amp=amp)
     adapted = evaluate(recalibrated, loaders.test, device, amp=amp, desc="pruned+BN")
     log.info("Pruned accuracy: top-1 %.2f top-5 %.2f (as transferred)", pruned.top1, pruned.top5)
     log.info("Pruned accuracy after BN re-estimation on %d images: top-1 %.2f top-5 %.2f", used,

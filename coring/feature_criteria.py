@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from coring.rank import DATA_CRITERIA, canonical_criterion
 from coring.rank_cache import weights_hash
+from data.common import at_epoch
 from models.layout import ChannelGroup
 
 __all__ = [
@@ -147,15 +148,8 @@ def draw_batches(loader: Iterable[Batch], count: int) -> list[Batch]:
         raise ValueError(f"--rank_batches must be >= 0, got {count}")
     if count == 0:
         return []
-    epoch = getattr(loader, "epoch", None)
-    has_epochs = hasattr(loader, "set_epoch")
-    if has_epochs:
-        loader.set_epoch(0)  # type: ignore[attr-defined]
-    try:
+    with at_epoch(loader, 0):
         return [(images, labels) for images, labels in itertools.islice(iter(loader), count)]
-    finally:
-        if has_epochs and epoch is not None:
-            loader.set_epoch(epoch)  # type: ignore[attr-defined]
 
 
 def batches_digest(batches: Sequence[Batch]) -> str:

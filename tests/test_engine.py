@@ -17,12 +17,15 @@ from coring.engine import (
     amp_dtype,
     check_finite,
     evaluate,
+    evaluate_pruned,
     make_grad_scaler,
     recalibrate_bn,
     train_one_epoch,
 )
 from coring.run_logging import METRIC_FIELDS, RunLogger, plot_curves, read_metrics
 from coring.schedule import LRSchedule, build_schedule, parse_milestones
+from data.common import DatasetInfo, Loaders
+from data.device_loader import DeviceTensorLoader
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -217,6 +220,32 @@ def test_recalibrate_bn_with_zero_images_changes_nothing():
     bn.running_mean.fill_(3.0)
     assert recalibrate_bn(bn, [(torch.randn(4, 2), torch.zeros(4))], 0, "cpu") == 0
     assert bn.running_mean.tolist() == [3.0, 3.0]
+
+
+def test_evaluate_pruned_re_estimates_bn_on_epoch_zero_whatever_ran_before(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 4, (64,), generator=gen)
+    train = DeviceTensorLoader(images, labels, 16, shuffle=True, augment=True, seed=9)
+    test = DeviceTensorLoader(images[:32], labels[:32], 16, shuffle=False, augment=False, seed=0)
+    loaders = Loaders(train, test, DatasetInfo("t", 4, 8, (0.5,) * 3, (0.25,) * 3))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    read = []  # the order of the images each re-estimation is about to read
+
+    def spy(net, loader, num_images, device, **kwargs):
+        read.append(loader.epoch_indices(loader.epoch))
+        return recalibrate_bn(net, loader, num_images, device, **kwargs)
+
+    monkeypatch.setattr("coring.engine.recalibrate_bn", spy)
+    log = logging.getLogger("test")
+    evaluate_pruned(model, loaders, torch.device("cpu"), 24, amp=False, log=log)
+    for _ in range(3):  # a trained baseline, or a study's earlier runs, moved the loader on
+        list(train)
+    evaluate_pruned(model, loaders, torch.device("cpu"), 24, amp=False, log=log)
+    assert torch.equal(read[0], read[1]) and torch.equal(read[0], train.epoch_indices(0))
+    assert train.epoch == 3  # the loader's own counter is put back
 
 
 # ---------------------------------------------------------------------------------------------- training / NaN guard
