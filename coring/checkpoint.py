@@ -271,6 +271,17 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+#: Suffix of ``atomic_write``'s temporary files (``.<name>.<random>.tmp`` beside the target).
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete the temporary files a killed ``atomic_write`` left in ``directory``. Only for a directory no live
+    writer uses (a locked job directory being resumed)."""
+    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file atomically: ``write(f)`` into a temporary file in the same directory, fsync, ``os.replace``.
 
@@ -282,7 +293,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
         raise _write_error(path, error, earlier=False) from None
     try:

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from coring.checkpoint import CheckpointError, atomic_copy, load_checkpoint, load_weights, save_checkpoint
+from coring.checkpoint import (
+    CheckpointError,
+    atomic_copy,
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from coring.distributed import DistInfo, barrier, broadcast_buffers, unwrap, wrap_ddp
 from coring.engine import EvalResult, NonFiniteLossError, evaluate, make_grad_scaler, prepare_model, train_one_epoch
 from coring.run_logging import RunLogger, get_logger, plot_curves
@@ -105,8 +112,7 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _repair_after_kill(job_dir: Path, state: Mapping[str, Any], log: Any) -> None:
     """Tidy up after a run killed while saving: drop temporary files, redo a best-model copy that was cut off."""
-    for stale in job_dir.glob(".*.tmp*"):  # atomic_write's temporary files (the job dir is locked: none is live)
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(job_dir)  # the job dir is locked: no temporary file there is live
     best_path = job_dir / BEST_NAME
     if state.get("best_epoch") is not None and state.get("best_epoch") == state.get("epoch"):
         try:
