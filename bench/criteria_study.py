@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -56,6 +55,7 @@ from coring.study import (
     epoch_stage,
     plot_differences,
     plot_study,
+    read_study_record,
     render_markdown,
     stage_names,
     write_text_atomic,
@@ -155,12 +155,13 @@ def _load_state(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return {"settings": settings, "baselines": {}, "runs": []}
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"'{path}' is not a study record ({error}); move it away or use another --out") from None
+        state = read_study_record(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; move it away or use another --out") from None
+    theirs = state.get("settings", {})
     for key, value in settings.items():
-        if state.get("settings", {}).get(key) != value:
-            raise ValueError(f"'{path}' holds a study with other settings ({key}: {state['settings'].get(key)!r} "
+        if theirs.get(key) != value:
+            raise ValueError(f"'{path}' holds a study with other settings ({key}: {theirs.get(key)!r} "
                              f"there, {value!r} now); use another --out or the same settings")
     return state
 
@@ -171,9 +172,9 @@ def _check_baseline_source(source: Path, settings: dict[str, Any]) -> Path:
     if not path.is_file():
         raise ValueError(f"--baselines_from '{source}' is not a study directory (no {RUNS_NAME} there)")
     try:
-        theirs = json.loads(path.read_text()).get("settings", {})
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--baselines_from: '{path}' is not a study record ({error})") from None
+        theirs = read_study_record(path).get("settings", {})
+    except ValueError as error:
+        raise ValueError(f"--baselines_from: {error}") from None
     for key in BASELINE_SETTINGS:
         if theirs.get(key) != settings[key]:
             raise ValueError(f"--baselines_from '{source}' trained its baselines with {key} {theirs.get(key)!r}, "
@@ -204,8 +205,9 @@ class Study:
         args.strategy = canonical_strategy(args.strategy)
         self.info = DATASETS[args.dataset]
         self.stages = stage_names(args.finetune_epochs)
-        self.state = _load_state(self.out, _settings(args))
-        self.baseline_source = (_check_baseline_source(Path(args.baselines_from), _settings(args))
+        settings = _settings(args)
+        self.state = _load_state(self.out, settings)
+        self.baseline_source = (_check_baseline_source(Path(args.baselines_from), settings)
                                 if args.baselines_from else None)
         self.log = get_logger("study")
         self.sizes: dict[str, int] = dict(self.state.get("sizes", {}))

@@ -11,14 +11,13 @@ budgets, compared criterion by criterion (does a longer budget change the verdic
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from coring.cli import Parser
-from coring.study import criteria_of, render_budget_comparison, render_summary
+from coring.study import criteria_of, read_study_record, render_budget_comparison, render_summary
 
 __all__ = ["build_parser", "load_study", "main"]
 
@@ -39,12 +38,8 @@ def load_study(spec: str) -> tuple[str, dict[str, Any]]:
     if not path.is_file():
         raise ValueError(f"no study at '{where}': expected a directory holding runs.json (bench/criteria_study.py "
                          "--out) or a runs.json file")
-    try:
-        record = json.loads(path.read_text())
-        runs = record["runs"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"'{path}' is not a study record ({error})") from None
-    if not runs:
+    record = read_study_record(path)
+    if not record["runs"]:
         raise ValueError(f"'{path}' holds no finished run yet")
     settings = record.get("settings", {})
     label = label or (f"{settings.get('arch', '?')} at `{settings.get('compress_rate', '?')}`, "

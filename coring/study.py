@@ -17,6 +17,7 @@ atomically through ``coring.checkpoint.atomic_write`` (JSON through ``coring.run
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "ordering_agreement",
     "plot_differences",
     "plot_study",
+    "read_study_record",
     "render_budget_comparison",
     "render_markdown",
     "render_summary",
@@ -188,10 +190,17 @@ def stage_ranks(summary: Mapping[tuple[str, str], CriterionStats], criteria: Seq
     return {c: 1 + sum(other > m for other in means.values()) for c, m in means.items()}
 
 
-def _kendall(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Kendall's tau-b of two paired sequences (scipy); None where it is undefined (a constant sequence)."""
-    tau = kendalltau(a, b).statistic
-    return None if np.isnan(tau) else float(tau)
+def _kendall_between(a: Mapping[tuple[str, str], CriterionStats], a_stage: str,
+                     b: Mapping[tuple[str, str], CriterionStats], b_stage: str,
+                     criteria: Sequence[str]) -> tuple[float | None, int]:
+    """Kendall's tau-b (scipy) between the criteria's mean top-1 in summary ``a`` at ``a_stage`` and in ``b`` at
+    ``b_stage``, over the criteria with a mean in both, and their number. None below three criteria or where tau is
+    undefined (a constant ordering)."""
+    both = [c for c in criteria if a[c, a_stage].mean is not None and b[c, b_stage].mean is not None]
+    if len(both) < 3:
+        return None, len(both)
+    tau = kendalltau([a[c, a_stage].mean for c in both], [b[c, b_stage].mean for c in both]).statistic
+    return (None if np.isnan(tau) else float(tau)), len(both)
 
 
 def ordering_agreement(summary: Mapping[tuple[str, str], CriterionStats], criteria: Sequence[str],
@@ -199,14 +208,7 @@ def ordering_agreement(summary: Mapping[tuple[str, str], CriterionStats], criter
     """stage -> Kendall's tau-b between the criteria's mean top-1 at that stage and at ``reference`` (default: the
     last stage). 1 means the same ordering; None where fewer than three criteria have a mean at both stages."""
     reference = reference or final_stage(stages)
-    out: dict[str, float | None] = {}
-    for stage in stages:
-        both = [c for c in criteria if summary[c, stage].mean is not None and summary[c, reference].mean is not None]
-        if len(both) < 3:
-            out[stage] = None
-            continue
-        out[stage] = _kendall([summary[c, stage].mean for c in both], [summary[c, reference].mean for c in both])
-    return out
+    return {stage: _kendall_between(summary, stage, summary, reference, criteria)[0] for stage in stages}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -269,17 +271,17 @@ def render_summary(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str], *
     last = final_stage(stages)
     summary = summarise(runs, criteria, stages, baseline=baseline)
     epochs = [s for s in stages if s.startswith("epoch_")][-last_ranks:]
-    final_ranks = stage_ranks(summary, criteria, last)
-    ranks = {s: stage_ranks(summary, criteria, s) for s in epochs}
+    ranks = {s: stage_ranks(summary, criteria, s) for s in dict.fromkeys([*epochs, last])}
     seeds = sorted({int(r["seed"]) for r in runs})
     lines = [f"#### {title}: seeds {seeds}, final stage {stage_label(last)}", ""]
     header = ["criterion", "BN re-estimated", f"after fine-tuning ({stage_label(last)})",
-              f"vs {baseline}, final [95% CI] (seeds above)", "rank (final)", f"ranks, {', '.join(stage_label(s) for s in epochs)}"]
+              f"vs {baseline}, final [95% CI] (seeds above)", "rank (final)",
+              f"ranks, {', '.join(stage_label(s) for s in epochs)}"]
 
     def row(c: str) -> list[str]:
         final = summary[c, last]
         bn = _fmt_mean_std(summary[c, BN_ADAPTED]) if BN_ADAPTED in stages else "–"
-        return [c, bn, _fmt_mean_std(final), _fmt_final_diff(final), str(final_ranks.get(c, "–")),
+        return [c, bn, _fmt_mean_std(final), _fmt_final_diff(final), str(ranks[last].get(c, "–")),
                 " · ".join(str(ranks[s].get(c, "–")) for s in epochs)]
 
     lines += _table(header, (row(c) for c in criteria))
@@ -305,10 +307,8 @@ def render_budget_comparison(studies: Sequence[tuple[str, Sequence[Mapping[str, 
              *(str(ranks.get(c, "–")) for *_, ranks in finals)] for c in criteria)
     lines = _table(header, rows)
     for (a, a_last, a_sum, _), (b, b_last, b_sum, _) in itertools.pairwise(finals):
-        both = [c for c in criteria if a_sum[c, a_last].mean is not None and b_sum[c, b_last].mean is not None]
-        tau = _kendall([a_sum[c, a_last].mean for c in both], [b_sum[c, b_last].mean for c in both]) \
-            if len(both) >= 3 else None
-        lines += ["", f"Kendall's tau between the final orderings of {a} and {b}: {_fmt_tau(tau)} ({len(both)} criteria)"]
+        tau, count = _kendall_between(a_sum, a_last, b_sum, b_last, criteria)
+        lines += ["", f"Kendall's tau between the final orderings of {a} and {b}: {_fmt_tau(tau)} ({count} criteria)"]
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +412,18 @@ def plot_differences(runs: Sequence[Mapping[str, Any]], criteria: Sequence[str],
 
 
 # ---------------------------------------------------------------------------------------------- files
+def read_study_record(path: str | Path) -> dict[str, Any]:
+    """A study's ``runs.json`` (``bench/criteria_study.py``): a dict with a ``runs`` list. Anything else (unreadable,
+    not JSON, another shape) is a ValueError ``'<path>' is not a study record (...)``."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"'{path}' is not a study record ({error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        raise ValueError(f"'{path}' is not a study record (no list of runs)")
+    return record
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

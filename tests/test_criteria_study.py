@@ -19,6 +19,7 @@ from coring.study import (
     ordering_agreement,
     plot_differences,
     plot_study,
+    read_study_record,
     render_budget_comparison,
     render_markdown,
     render_summary,
@@ -261,3 +262,18 @@ def test_baselines_from_a_study_with_other_training_settings_is_a_one_line_error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--baselines_from" in err[0] and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, reason", [("{not json", "Expecting property name"), ('{"runs": 3}', "no list of runs"),
+                                          ("[]", "no list of runs")])
+def test_a_file_that_is_not_a_study_record_is_a_one_line_error_everywhere(tmp_path, capsys, one_thread, text, reason):
+    (tmp_path / "runs.json").write_text(text)
+    with pytest.raises(ValueError, match=reason):
+        read_study_record(tmp_path / "runs.json")
+    with pytest.raises(SystemExit):
+        study_summary.main([str(tmp_path)])
+    assert criteria_study.main([*ARGV, "--out", str(tmp_path / "o"), "--baselines_from", str(tmp_path)]) == 2
+    assert criteria_study.main([*ARGV, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all("is not a study record" in line and reason in line for line in err)
+    assert "--baselines_from" in err[1] and "move it away" in err[2]
