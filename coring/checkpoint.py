@@ -278,7 +278,7 @@ TEMP_SUFFIX = ".tmp"
 def remove_stale_temporaries(directory: str | Path) -> None:
     """Delete the temporary files a killed ``atomic_write`` left in ``directory``. Only for a directory no live
     writer uses (a locked job directory being resumed)."""
-    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}*"):
         stale.unlink(missing_ok=True)
 
 
